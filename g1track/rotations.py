@@ -65,9 +65,9 @@ def quat_to_rotvec(q: torch.Tensor) -> torch.Tensor:
     return k * q[..., 1:]
 
 def quat_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    "Angle (rad, in [0, π]) of the rotation taking `b` to `a`."
-    d = (a * b).sum(-1).abs().clamp(max=1.0)
-    return 2.0 * torch.acos(d)
+    "Angle (rad, in [0, π]) of the rotation taking `b` to `a`; atan2 keeps it exact near zero (acos does not)."
+    d = quat_mul(quat_conj(b), a)
+    return 2.0 * torch.atan2(d[..., 1:].norm(dim=-1), d[..., 0].abs())
 
 # %% ../nbs/00a_rotations.ipynb #8cf8b50b
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:

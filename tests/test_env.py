@@ -1,0 +1,256 @@
+"""The tracking MDP: layout, reward/reference alignment, terminations, truncations, mirroring, resets, errors."""
+import math
+import numpy as np
+import pytest
+import torch
+
+from g1track.config import ConfigError, task_cfg
+from g1track.env import GROUPS, REWARD_TERMS, TrackingEnv, mirror_qpos, mirror_qvel
+from g1track.motion import builtin_motion, canonicalize, load_motion
+
+QUIET = ("task.randomization.enabled=false", "task.observations.noise.enabled=false")
+TRACKING = REWARD_TERMS[:6]
+
+
+def make_env(*overrides, n=4, clips=None, backend=None, seed=0):
+    return TrackingEnv(task_cfg(*overrides), num_envs=n, backend=backend, seed=seed, clips=clips)
+
+
+@pytest.fixture(scope="module")
+def squat():
+    return builtin_motion("squat")
+
+
+def test_layout_is_contiguous_and_matches_the_observations(squat):
+    env = make_env(*QUIET, clips=[squat])
+    obs = env.reset()
+    for g in GROUPS:
+        slices = [sl for _, sl in env.layout[g]]
+        assert slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+        assert obs[g].shape == (4, env.obs_dims[g]) and torch.isfinite(obs[g]).all()
+    assert env.obs_dims["policy"] == 5 * 29 * 2 + 5 * 6 + 3 + 3 + 29 * 3
+    table = env.layout_table()
+    assert "ref_joint_pos" in table and "future_body_pos_error" in table and str(env.obs_dims["priv"]) in table
+
+
+def test_kinematic_replay_scores_every_tracking_term_at_its_maximum(squat):
+    env = make_env(*QUIET, n=4, clips=[squat, builtin_motion("step_in_place")])
+    env.reset()
+    scale = env.c.rewards.scale
+    for _ in range(150):
+        out = env.step(torch.zeros(4, 29), kinematic=True)
+        assert not out["terminated"].any()
+        for k in TRACKING:
+            expected = scale * env.c.rewards[k].weight * 4
+            assert env.log[f"reward/{k}"] == pytest.approx(expected, rel=1e-5), k
+        assert env.log["metrics/body_pos_error_m"] / 4 < 1e-5
+        env.log.clear(); env.log_count.clear()
+
+
+def test_kinematic_replay_of_a_real_lafan_clip_is_scored_at_maximum(motions_dir):
+    clip = load_motion(motions_dir / "lafan1_g1_dance2_subject1.csv", frames="0:900")
+    env = make_env(*QUIET, n=2, clips=[clip])
+    env.reset()
+    worst = 1.0
+    for _ in range(100):
+        out = env.step(torch.zeros(2, 29), kinematic=True)
+        assert not out["terminated"].any()
+        for k in TRACKING:
+            worst = min(worst, env.log[f"reward/{k}"] / (env.c.rewards.scale * env.c.rewards[k].weight * 2))
+        env.log.clear(); env.log_count.clear()
+    assert worst > 1 - 1e-5
+
+
+def _reference_actions(env):
+    "Actions that put every joint target on the reference: open-loop PD tracking, no feedback."
+    ref = env.motion.get(env.clip, env.frame).joint_pos[:, 0]
+    return (ref - env.default_joint_pos) / env.action_scale
+
+
+def test_a_robot_left_to_fall_under_open_loop_pd_is_terminated_within_a_second(motions_dir):
+    # a real dance under open-loop PD (joint targets on the reference): every robot falls, and its
+    # episode ends within a second of its start, most within half a second
+    clip = load_motion(motions_dir / "lafan1_g1_dance2_subject1.csv")
+    env = make_env(*QUIET, n=64, clips=[clip], seed=1)
+    env.reset()
+    first_end, clip_ended = torch.full((64,), -1), torch.zeros(64, dtype=torch.bool)
+    for t in range(int(1.0 / env.dt)):
+        out = env.step(_reference_actions(env))
+        clip_ended |= (first_end < 0) & out["truncated"]          # started within 1 s of the clip's end
+        first_end[(first_end < 0) & out["terminated"]] = t
+    assert clip_ended.sum() <= 2
+    assert (first_end[~clip_ended] >= 0).all(), f"still going after 1 s: {first_end}"
+    assert first_end[~clip_ended].float().median() * env.dt < 0.5
+
+
+def test_a_fallen_robot_never_lies_on_the_floor_with_its_episode_running():
+    env = make_env(*QUIET, n=16, clips=[builtin_motion("step_in_place"), builtin_motion("stand")])
+    env.reset()
+    ended = 0
+    for _ in range(int(3.0 / env.dt)):
+        pelvis_before = env.sim.qpos[:, 2].clone()
+        out = env.step(_reference_actions(env))
+        running = ~(out["terminated"] | out["truncated"])
+        assert (env.sim.qpos[running, 2] > 0.45).all(), "an episode kept running with the robot on the floor"
+        ended += int(out["terminated"].sum())
+    assert ended >= 16                                   # under open-loop PD every robot falls at least once
+    log = env.pop_log()
+    assert log["termination/anchor_tilt"] + log["termination/anchor_height"] + log["termination/ee_height"] > 0
+
+
+def test_mirrored_state_gives_mirrored_observations():
+    from g1track.robot import load_g1
+    wave, g1 = builtin_motion("arm_wave"), load_g1(visual=False)           # an asymmetric motion
+    mirrored = canonicalize(mirror_qpos(g1, torch.tensor(wave.qpos)).numpy(), wave.fps, g1, "arm_wave_mirrored")
+    env = make_env("task.observations.noise.enabled=false", n=2, clips=[wave, mirrored])
+    env.push_timer[:] = math.inf
+    one = torch.tensor([1])
+    # env 1 gets the mirror image of env 0's physical parameters ...
+    p = env.params
+    mp = dict(friction=p["friction"][:1], mass_scale=p["mass_scale"][:1, g1.body_mirror], com_offset=p["com_offset"][:1] * torch.tensor([1.0, -1, 1]),
+              kp_scale=p["kp_scale"][:1, g1.mirror_perm], kd_scale=p["kd_scale"][:1, g1.mirror_perm])
+    env.sim.set_params(one, **mp)
+    for k, v in mp.items(): p[k][1] = v[0]
+    env.joint_offset[1] = g1.mirror_joints(env.joint_offset[0]); env.action_delay[1] = env.action_delay[0]
+    # ... of its state, slightly off the reference and moving ...
+    gen = torch.Generator().manual_seed(3)
+    frame = 150
+    q0 = torch.tensor(wave.qpos[frame], dtype=torch.float32); q0[7:] += 0.05 * torch.randn(29, generator=gen)
+    v0 = torch.tensor(wave.qvel[frame], dtype=torch.float32) + 0.2 * torch.randn(35, generator=gen)
+    qpos, qvel = torch.stack([q0, mirror_qpos(g1, q0)]), torch.stack([v0, mirror_qvel(g1, v0)])
+    env.clip[:] = torch.tensor([0, 1]); env.frame[:] = frame
+    env.sim.set_state(torch.arange(2), qpos, qvel)
+    env.target[:] = env.default_joint_pos + env.joint_offset
+    env.last_action[:] = torch.stack([a := 0.3 * torch.randn(29, generator=gen), g1.mirror_joints(a)])
+    env._read_state()
+    static = env.observe()
+    mirrored_static = env.mirror.obs(static[:1])
+    for g in GROUPS:                                  # the same state, before any physics: exact mirror images
+        torch.testing.assert_close(static[g][1], mirrored_static[g][0], atol=1e-4, rtol=0)
+    # ... and of its action; one physics step later its observations are the mirror image.
+    a0 = 0.3 * torch.randn(29, generator=gen)
+    out = env.step(torch.stack([a0, g1.mirror_joints(a0)]))
+    assert not (out["terminated"] | out["truncated"]).any()
+    # the G1 model is symmetric to ~10 um, so one physics step later the two agree to ~0.2 %
+    mirrored_obs = env.mirror.obs(out["obs"][:1])
+    for g in GROUPS:
+        assert out["obs"][g][0].abs().max() > 0.1
+        for name, sl in env.layout[g]:
+            x, y = out["obs"][g][1, sl], mirrored_obs[g][0, sl]
+            assert (x - y).abs().max() <= 5e-3 * (1 + out["obs"][g][0, sl].abs().max()), f"{g}/{name}"
+    assert out["reward"][0] == pytest.approx(float(out["reward"][1]), rel=1e-3)
+    twice = env.mirror.obs(env.mirror.obs(out["obs"]))
+    for g in GROUPS: torch.testing.assert_close(twice[g], out["obs"][g])
+    torch.testing.assert_close(env.mirror.action(env.mirror.action(a0)), a0)
+
+
+def test_an_env_poisoned_with_nan_is_reset_alone_and_counted(squat):
+    env = make_env(*QUIET, n=4, clips=[squat])
+    env.reset()
+    for _ in range(3): env.step(torch.zeros(4, 29))
+    qpos = env.sim.qpos.clone(); qpos[2, 10] = float("nan")
+    env.sim.set_state(torch.tensor([2]), qpos[2:3], env.sim.qvel[2:3].clone())
+    before = env.episode_step.clone()
+    out = env.step(torch.zeros(4, 29))
+    assert out["terminated"].tolist() == [False, False, True, False]
+    assert env.unstable_total == 1 and env.sim.unstable.tolist() == [False, False, True, False]
+    assert (env.episode_step[[0, 1, 3]] == before[[0, 1, 3]] + 1).all() and env.episode_step[2] == 0
+    for g in GROUPS: assert torch.isfinite(out["obs"][g]).all()
+    assert env.pop_log()["sim/unstable_total"] == 1
+
+
+def test_a_truncated_episode_returns_its_final_observation(squat):
+    env = make_env(*QUIET, n=2, clips=[squat])
+    env.reset()
+    last = squat.num_frames - 1
+    env.frame[:] = last - 1
+    out = env.step(torch.zeros(2, 29), kinematic=True)
+    assert not out["truncated"].any() and (env.frame == last).all()
+    out = env.step(torch.zeros(2, 29), kinematic=True)            # scores the last frame: the clip ends
+    assert out["truncated"].all() and not out["terminated"].any()
+    sl = dict(env.layout["policy"])["ref_joint_pos"]
+    final_ref = out["final_obs"]["policy"][:, sl].reshape(2, env.F, 29)
+    expected = torch.tensor(squat.qpos[last, 7:], dtype=torch.float32) - env.default_joint_pos
+    torch.testing.assert_close(final_ref, expected.expand(2, env.F, 29), atol=1e-5, rtol=0)  # future frames clamp at the end
+    assert not torch.allclose(out["obs"]["policy"], out["final_obs"]["policy"])             # the new episodes started
+    assert (env.episode_step == 0).all()
+
+
+def test_reset_gives_real_observations_and_reference_state_starts(squat):
+    env = make_env(*QUIET, n=16, clips=[squat])
+    obs = env.reset()
+    grav = dict(env.layout["policy"])["projected_gravity"]
+    g = obs["policy"][:, grav]
+    assert (g[:, 2] < -0.95).all()                                  # upright, not a zero vector
+    ref = env.motion.qpos(env.clip, env.frame)
+    err = (env.sim.qpos[:, 7:] - ref[:, 7:]).abs()
+    assert err.max() <= 0.1 + 1e-5 and err.max() > 0.01             # the reference frame plus joint noise
+    assert len(set(env.frame.tolist())) > 4                          # starts spread over the clip
+
+
+def test_failure_weighted_start_sampling():
+    env = make_env(*QUIET, n=64, clips=[builtin_motion("squat"), builtin_motion("stand")])
+    K = env.motion.num_bins
+    p = env.start_distribution()
+    assert torch.allclose(p, torch.full((K,), 1.0 / K))
+    env.fail[3] = 10.0
+    p = env.start_distribution()
+    u = env.c.sampling.uniform_floor
+    assert p[3] == pytest.approx(u / K + 1 - u) and p.min() == pytest.approx(u / K)
+    clip, frame = env._sample_starts(2000)
+    assert (env.motion.bin_index(clip, frame) == 3).float().mean() > 0.8
+    entropy = env.pop_log()["sampling/entropy"]
+    assert 0 < entropy < 0.5
+    # failures are attributed to the bins where they happen
+    env.fail.zero_(); env.reset()
+    for _ in range(40): env.step(torch.zeros(64, 29))
+    assert env.fail.sum() > 0
+
+
+def test_action_delay_holds_the_previous_target_for_the_first_substeps(squat):
+    env = make_env(n=2, clips=[squat])
+    env.action_delay[:] = torch.tensor([0.0, 2 * env.physics_dt])
+    prev = env.target.clone()
+    ctrl = env._ctrl(torch.ones(2, 29))
+    assert ctrl.shape == (2, env.decimation, 29)
+    torch.testing.assert_close(ctrl[0], env.target[0].expand(env.decimation, 29))
+    torch.testing.assert_close(ctrl[1, :2], prev[1].expand(2, 29))
+    torch.testing.assert_close(ctrl[1, 2:], env.target[1].expand(env.decimation - 2, 29))
+
+
+def test_environment_state_round_trips_bit_identically(squat):
+    a, b = make_env(n=3, clips=[squat], seed=1), make_env(n=3, clips=[squat], seed=2)
+    gen = torch.Generator().manual_seed(0)
+    actions = [0.3 * torch.randn(3, 29, generator=gen) for _ in range(8)]
+    for act in actions[:4]: a.step(act)
+    b.load_state_dict(a.state_dict())
+    for act in actions[4:]:
+        oa, ob = a.step(act), b.step(act)
+        for g in GROUPS: assert torch.equal(oa["obs"][g], ob["obs"][g])
+        assert torch.equal(oa["reward"], ob["reward"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.observations.policy=[joint_pos,jiont_vel]", "unknown observation term"),
+    ("task.robot.tracked_bodies=[pelvis,torso_link,left_hand]", "unknown body names"),
+    ("task.future_frames=[1,2]", "future_frames must start with 0"),
+    ("task.backend=physx", "physx"),
+])
+def test_bad_config_fails_at_construction_with_one_clear_sentence(squat, override, message):
+    with pytest.raises((ConfigError, ValueError)) as e:
+        make_env(override, clips=[squat])
+    assert message in str(e.value) and "\n" not in str(e.value).strip()
+
+
+def test_cuda_without_a_gpu_is_refused_clearly(squat):
+    if torch.cuda.is_available(): pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="(?i)cuda"):
+        make_env("task.device=cuda", clips=[squat])
+
+
+def test_the_environment_runs_on_the_warp_backend(squat):
+    env = make_env(*QUIET, n=2, clips=[squat], backend="warp")
+    ref = make_env(*QUIET, n=2, clips=[squat])
+    assert env.obs_dims == ref.obs_dims
+    for _ in range(3): out = env.step(torch.zeros(2, 29))
+    for g in GROUPS: assert torch.isfinite(out["obs"][g]).all()

@@ -1,0 +1,275 @@
+"""GAE, rollout storage, PPO and adaptation updates, frozen networks, symmetry and a 2-rank gloo run (g1track.ppo)."""
+import os
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tensordict import TensorDict
+
+from g1track.modules import TrackingPolicy, policy_cfg
+from g1track.ppo import (PPO, TOY_POLICY, RolloutStorage, ToyReach, algo_cfg, collect_rollout, compute_gae,
+                         entropy_schedule, train_toy)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny networks: intra-op threads only add overhead, and on a shared CPU they oversubscribe badly."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+NETS = ("encoder_priv", "adapt_module", "actor_teacher", "actor_student", "critic")
+
+
+def gae_reference(r, v, last, term, trunc, boot, gamma, lam):
+    "Scalar, per-env transcription of the GAE definition."
+    T, N = r.shape
+    adv = torch.zeros(T, N, dtype=torch.float64)
+    for n in range(N):
+        a = 0.0
+        for t in reversed(range(T)):
+            if term[t, n]: nxt, carry = 0.0, 0.0
+            elif trunc[t, n]: nxt, carry = float(boot[t, n]), 0.0
+            else: nxt, carry = float(v[t + 1, n]) if t + 1 < T else float(last[n]), a
+            a = float(r[t, n]) + gamma * nxt - float(v[t, n]) + gamma * lam * carry
+            adv[t, n] = a
+    return adv
+
+
+def test_gae_hand_computed_case():
+    r = torch.tensor([[1., 0], [2, 0], [3, 1]])
+    v = torch.tensor([[0.5, 0.2], [1.0, 0.3], [1.5, 0.4]])
+    term = torch.tensor([[False, False], [False, False], [False, True]])
+    trunc = torch.tensor([[False, False], [True, False], [False, False]])
+    boot = torch.tensor([[0., 0], [4, 0], [0, 0]])
+    adv, ret = compute_gae(r, v, torch.tensor([2.0, 9.0]), term, trunc, boot, 0.9, 0.8)
+    torch.testing.assert_close(adv, torch.tensor([[4.712, 0.42424], [4.6, 0.492], [3.3, 0.6]]))
+    torch.testing.assert_close(ret, adv + v)
+
+
+def test_gae_matches_scalar_definition_with_random_flags():
+    g = torch.Generator().manual_seed(0)
+    T, N = 9, 6
+    r, v, last, boot = (torch.randn(*s, generator=g) for s in ((T, N), (T, N), (N,), (T, N)))
+    term = torch.rand(T, N, generator=g) < 0.2
+    trunc = torch.rand(T, N, generator=g) < 0.2          # some steps are both: they count as terminated
+    assert (term & trunc).any()
+    adv, _ = compute_gae(r, v, last, term, trunc, boot, 0.97, 0.9)
+    torch.testing.assert_close(adv.double(), gae_reference(r, v, last, term, trunc, boot, 0.97, 0.9), atol=1e-5, rtol=0)
+
+
+def test_storage_fills_and_refuses_overflow():
+    st = RolloutStorage(3, 4, {"policy": 5, "priv": 2}, 29)
+    with pytest.raises(RuntimeError, match="holds 0 of 3"):
+        st.compute_returns(0.99, 0.95)
+    for t in range(3):
+        obs = TensorDict({"policy": torch.full((4, 5), float(t)), "priv": torch.zeros(4, 2)}, batch_size=[4])
+        st.add(obs, torch.ones(4, 29) * t, torch.zeros(4), torch.zeros(4), torch.ones(4),
+               torch.zeros(4, dtype=torch.bool), torch.tensor([False, True, False, False]))
+    with pytest.raises(RuntimeError, match="full"):
+        st.add(obs, torch.ones(4, 29), torch.zeros(4), torch.zeros(4), torch.ones(4),
+               torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool))
+    assert st.obs["policy"][:, 0, 0].tolist() == [0, 1, 2] and st.actions[2].eq(2).all()
+    assert st.truncated[:, 1].all() and st.bootstrap_values.eq(0).all() and st.rewards.shape == (3, 4)
+    st.compute_returns(0.5, 1.0)
+    # env 0: r = 1 each step, last value 0 → 1.75, 1.5, 1; env 1 is cut every step without a bootstrap value → 1
+    torch.testing.assert_close(st.returns[:, 0], torch.tensor([1.75, 1.5, 1.0]))
+    torch.testing.assert_close(st.returns[:, 1], torch.ones(3))
+
+
+def test_entropy_schedule():
+    assert entropy_schedule(0.01, 0.0025, 0.0) == 0.01
+    assert entropy_schedule(0.01, 0.0025, 1.0) == 0.0025
+    assert entropy_schedule(0.01, 0.0025, 0.5) == pytest.approx(0.00625)
+    assert entropy_schedule(0.01, 0.0025, 7.0) == 0.0025 and entropy_schedule(0.01, 0.0025, -1) == 0.01
+
+
+def small_setup(num_envs=64, T=8, seed=0, **algo):
+    torch.manual_seed(seed)
+    env = ToyReach(num_envs, seed=seed)
+    pol = TrackingPolicy(env.obs_dims, env.action_dim, policy_cfg(*TOY_POLICY))
+    cfg = algo_cfg(f"algo.train_every={T}", *(f"algo.{k}={v}" for k, v in algo.items()), stage="train")
+    storage = RolloutStorage(T, num_envs, env.obs_dims, env.action_dim)
+    return env, pol, cfg, storage
+
+
+def test_collect_rollout_bootstraps_exactly_the_truncated_steps():
+    env, pol, cfg, storage = small_setup(num_envs=64, T=20)
+    obs = collect_rollout(env, pol, storage, env.reset(), "teacher")
+    cut = storage.truncated & ~storage.terminated
+    assert cut[15].sum() > 0 and not cut[:15].any()                   # the 16-step time limit
+    assert (storage.bootstrap_values[cut] != 0).all() and (storage.bootstrap_values[~cut] == 0).all()
+    # the first observation after the cut belongs to a new episode (time left 1), not the final one
+    assert (storage.obs["critic_priv"][16][cut[15]] == 1).all()
+    torch.testing.assert_close(storage.last_values, pol.value(obs))
+
+
+def snapshot(pol):
+    return {n: [p.detach().clone() for p in getattr(pol, n).parameters()] for n in NETS}
+
+
+def changed(pol, snap):
+    return {n for n in NETS if not all(torch.equal(a, b) for a, b in zip(snap[n], getattr(pol, n).parameters()))}
+
+
+@pytest.mark.parametrize("actor,trainable", [("teacher", ["actor_teacher", "encoder_priv", "critic"]),
+                                             ("student", ["critic"]),
+                                             ("student", ["actor_student", "critic"])])
+def test_ppo_changes_exactly_the_trainable_networks(actor, trainable):
+    env, pol, cfg, storage = small_setup()
+    pol.copy_teacher_to_student_()
+    pol.set_trainable(trainable)
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), actor, update_stats=True)
+    snap, stats = snapshot(pol), {k: v.clone() for k, v in pol.normalizers.state_dict().items()}
+    logs = ppo.ppo_update(storage, actor, trainable, entropy_coef=0.01)
+    assert changed(pol, snap) == set(trainable)
+    assert all(p.grad is None for p in pol.parameters())
+    assert {n for n, opt in ppo.optimizers.items() if opt.state} == set(trainable)
+    # the rollout's pending statistics were committed at the end of the update (vecnorm=train)
+    assert not torch.equal(stats["policy.count"], pol.normalizers["policy"].count)
+    for k in ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/approx_kl", "ppo/clip_fraction",
+              "ppo/grad_norm", "ppo/action_std", "ppo/explained_variance", "ppo/entropy_coef", "ppo/lr"):
+        assert isinstance(logs[k], float), k
+
+
+def test_adapt_update_trains_adapt_module_only_and_loss_falls():
+    env, pol, cfg, storage = small_setup(num_envs=128, T=16)
+    pol.set_vecnorm("eval")
+    collect_rollout(env, pol, storage, env.reset(), "teacher")
+    pol.set_trainable(["adapt_module"])
+    ppo = PPO(pol, cfg)
+    snap = snapshot(pol)
+    losses = [ppo.adapt_update(storage)["adapt/estimator_loss"] for _ in range(15)]
+    assert changed(pol, snap) == {"adapt_module"}
+    assert {n for n, opt in ppo.optimizers.items() if opt.state} == {"adapt_module"}
+    assert losses[-1] < 0.5 * losses[0]
+    # 2 mini-epochs x num_minibatches Adam steps per call
+    assert ppo.optimizers["adapt_module"].state[pol.adapt_module[0].weight]["step"] == 15 * 2 * cfg.num_minibatches
+
+
+def test_wrong_or_frozen_trainable_sets_are_refused():
+    env, pol, cfg, storage = small_setup()
+    collect_rollout(env, pol, storage, env.reset(), "student")
+    ppo = PPO(pol, cfg)
+    with pytest.raises(ValueError, match="cannot train"):
+        ppo.ppo_update(storage, "student", ["encoder_priv", "critic"], 0.0)
+    pol.set_trainable(["critic"])
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        ppo.ppo_update(storage, "student", ["actor_student", "critic"], 0.0)
+    cfg_sym = algo_cfg("algo.symmetry=true")
+    with pytest.raises(ValueError, match="mirror"):
+        PPO(pol, cfg_sym).ppo_update(storage, "student", ["critic"], 0.0)
+
+
+def test_first_epoch_ratio_is_one_while_normalizer_learns():
+    "Collection and update see the same normalization: the first minibatch's KL is zero, iteration after iteration."
+    env, pol, cfg, storage = small_setup(ppo_epochs=1, num_minibatches=1)
+    ppo = PPO(pol, cfg)
+    obs = env.reset()
+    for _ in range(3):
+        obs = collect_rollout(env, pol, storage, obs, "teacher", update_stats=True)
+        logs = ppo.ppo_update(storage, "teacher", ["actor_teacher", "encoder_priv", "critic"], 0.0)
+        assert logs["ppo/approx_kl"] < 1e-10 and logs["ppo/clip_fraction"] == 0.0
+    assert pol.normalizers["policy"].count == 3 * storage.T * storage.N
+
+
+def test_gradient_is_clipped_to_max_grad_norm():
+    env, pol, cfg, storage = small_setup(ppo_epochs=1, num_minibatches=1, max_grad_norm=1e-3)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    ppo = PPO(pol, cfg)
+    ppo.optimizers["critic"] = torch.optim.SGD(pol.critic.parameters(), lr=1.0)   # SGD: the step is the gradient
+    before = torch.cat([p.detach().flatten().clone() for p in pol.critic.parameters()])
+    logs = ppo.ppo_update(storage, "teacher", ["critic"], 0.0)
+    step = torch.cat([p.detach().flatten() for p in pol.critic.parameters()]) - before
+    assert logs["ppo/grad_norm"] > 1e-2
+    assert float(step.norm()) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_optimizer_state_round_trip_keeps_the_new_stage_lr():
+    env, pol, cfg, storage = small_setup()
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    ppo = PPO(pol, cfg)
+    ppo.ppo_update(storage, "teacher", ["actor_teacher", "encoder_priv", "critic"], 0.01)
+    state = ppo.state_dict()
+    ppo2 = PPO(pol, algo_cfg(stage="finetune"))
+    ppo2.load_state_dict(state)
+    assert ppo2.optimizers["critic"].param_groups[0]["lr"] == 1e-4
+    w = pol.critic[0].weight
+    assert torch.equal(ppo2.optimizers["critic"].state[w]["exp_avg"], ppo.optimizers["critic"].state[w]["exp_avg"])
+    assert not ppo2.optimizers["actor_student"].state
+    ppo2.reset_optimizers(["critic"])
+    assert not ppo2.optimizers["critic"].state
+
+
+def asymmetry(pol, seed=123):
+    env = ToyReach(1024, seed=seed)
+    obs = env.reset()
+    for _ in range(3): obs = env.step(torch.randn(1024, 2, generator=torch.Generator().manual_seed(seed)))["obs"]
+    a, _, _ = pol.act(obs, "teacher", deterministic=True)
+    am, _, _ = pol.act(env.mirror.obs(obs), "teacher", deterministic=True)
+    return float((am - env.mirror.action(a)).norm(dim=-1).mean() / a.norm(dim=-1).mean())
+
+
+def test_ppo_learns_the_toy_task_and_mirror_augmentation_makes_it_symmetric():
+    pol, h = train_toy(30, num_envs=256, symmetry=False, seed=0)
+    pol_sym, h_sym = train_toy(30, num_envs=256, symmetry=True, seed=0)
+    r, r_sym = h["ppo/reward_mean"], h_sym["ppo/reward_mean"]
+    assert r[0] < 0.15 and r[-1] > 0.6 and r_sym[-1] > 0.6, (r[::5], r_sym[::5])   # about 0.8 after 30 iterations
+    assert h["adapt/estimator_loss"][-1] < 0.3 * h["adapt/estimator_loss"][0]
+    assert "ppo/mirror_ratio_dev" in h_sym and "ppo/mirror_ratio_dev" not in h
+    a_plain, a_sym = asymmetry(pol), asymmetry(pol_sym)
+    assert a_sym < 0.6 * a_plain and a_sym < 0.04, (a_plain, a_sym)      # 0.056 vs 0.025 at seed 0
+
+
+# ---- two ranks on gloo ----
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+    from g1track.ppo import broadcast_module_
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)                      # different initial weights: broadcast must fix that
+        env = ToyReach(32, seed=10 + rank)                  # different data on every rank
+        pol = TrackingPolicy(env.obs_dims, env.action_dim, policy_cfg(*TOY_POLICY))
+        broadcast_module_(pol)
+        init = [p.detach().clone() for p in pol.parameters()]
+        cfg = algo_cfg("algo.train_every=8", "algo.ppo_epochs=2", "algo.num_minibatches=4", "algo.symmetry=true")
+        storage = RolloutStorage(cfg.train_every, env.N, env.obs_dims, env.action_dim)
+        ppo = PPO(pol, cfg, generator=torch.Generator().manual_seed(rank))
+        obs = collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+        logs = ppo.ppo_update(storage, "teacher", ["actor_teacher", "encoder_priv", "critic"], 0.01, mirror=env.mirror)
+        logs.update(ppo.adapt_update(storage))
+        torch.save({"params": [p.detach() for p in pol.parameters()], "init": init,
+                    "norm": {k: v for k, v in pol.normalizers.state_dict().items()},
+                    "obs": storage.obs.to_dict(), "logs": logs}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_stay_identical_and_share_normalizer_statistics(tmp_path):
+    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes: p.kill()
+            pytest.fail("the 2-rank run did not finish in 120 s")
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    assert not torch.equal(r0["obs"]["policy"], r1["obs"]["policy"])                  # the ranks saw different data
+    assert all(torch.equal(a, b) for a, b in zip(r0["init"], r1["init"]))              # broadcast at start
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))          # identical after the updates
+    assert not all(torch.equal(a, b) for a, b in zip(r0["init"], r0["params"]))        # ... and they did learn
+    assert r0["logs"] == r1["logs"]                                                    # logs are rank means
+    for group in ("policy", "priv", "critic_priv"):
+        data = torch.cat([r["obs"][group].reshape(-1, r["obs"][group].shape[-1]) for r in (r0, r1)]).double()
+        var, mean = torch.var_mean(data, 0, correction=0)
+        for r in (r0, r1):
+            n = r["norm"]
+            assert n[f"{group}.count"] == data.shape[0]
+            torch.testing.assert_close(n[f"{group}.mean"], mean, atol=1e-9, rtol=0)
+            torch.testing.assert_close(n[f"{group}.var"], var, atol=1e-9, rtol=1e-9)
+        assert torch.equal(r0["norm"][f"{group}.mean"], r1["norm"][f"{group}.mean"])
