@@ -292,6 +292,9 @@ class TrackingEnv:
         self.episode_sums = {k: z(N) for k in REWARD_TERMS + ("return", "body_pos_error")}
         self.log, self.log_count = {}, {}
         self.unstable_total = 0
+        self.fixed_starts = None
+        # the last state of episodes that ended in the latest step (before their auto-reset), for evaluation
+        self.ended = dict(qpos=self.sim.qpos.clone(), qvel=self.sim.qvel.clone(), **{k: v.clone() for k, v in self.episode_sums.items()})
 
     # ---- randomization ---------------------------------------------------------------------------
     def _randomize_physics(self):
@@ -335,7 +338,15 @@ class TrackingEnv:
         weighted = self.fail / total if total > 0 else torch.full_like(self.fail, 1.0 / K)
         return u / K + (1 - u) * weighted
 
-    def _sample_starts(self, n: int):
+    def set_fixed_starts(self, clip: torch.Tensor | None, frame: torch.Tensor | None = None) -> None:
+        "Start every episode of env i at `frame[i]` of `clip[i]` (evaluation); `None` restores failure-weighted sampling."
+        if clip is None: self.fixed_starts = None; return
+        clip = torch.as_tensor(clip, device=self.device).long()
+        frame = torch.zeros_like(clip) if frame is None else torch.as_tensor(frame, device=self.device).long()
+        self.fixed_starts = (clip.expand(self.num_envs).clone(), frame.expand(self.num_envs).clone())
+
+    def _sample_starts(self, n: int, ids=None):
+        if self.fixed_starts is not None and ids is not None: return self.fixed_starts[0][ids], self.fixed_starts[1][ids]
         k = torch.multinomial(self.start_distribution(), n, replacement=True, generator=self.gen)
         off = (torch.rand(n, generator=self.gen, device=self.device) * self.motion.bin_frames[k]).long()
         return self.motion.bin_clip[k], self.motion.bin_start[k] + off
@@ -346,7 +357,7 @@ class TrackingEnv:
         all_envs = ids is None
         ids = torch.arange(self.num_envs, device=self.device) if all_envs else ids
         n, c = len(ids), self.c.reset
-        clip, frame = self._sample_starts(n)
+        clip, frame = self._sample_starts(n, ids)
         self.clip[ids], self.frame[ids], self.episode_step[ids] = clip, frame, 0
         qpos, qvel = self.motion.qpos(clip, frame).clone(), self.motion.qvel(clip, frame).clone()
         qpos[:, :3] += uniform(c.root_pos, (n, 3), self.gen, self.device)
@@ -379,9 +390,11 @@ class TrackingEnv:
             self.body_pos, self.body_quat, self.body_lin, self.body_ang = pos[:, t], quat[:, t], lin[:, t], ang[:, t]
             self.foot_force, self.touch = -sd[:, self.foot_sensor], sd[:, self.touch_sensor]   # the sensor reports the foot's force on the floor
         else:
-            pos, quat, lin, ang = self.fk(self.sim.qpos[ids], self.sim.qvel[ids])
+            # after a reset only poses are observed; body velocities enter the rewards, which follow the next physics
+            # step and its full FK, so they are zeroed here instead of computed
+            pos, quat, _, _ = self.fk(self.sim.qpos[ids])
             t = self.tracked
-            self.body_pos[ids], self.body_quat[ids], self.body_lin[ids], self.body_ang[ids] = pos[:, t], quat[:, t], lin[:, t], ang[:, t]
+            self.body_pos[ids], self.body_quat[ids], self.body_lin[ids], self.body_ang[ids] = pos[:, t], quat[:, t], 0.0, 0.0
             self.foot_force[ids], self.touch[ids] = -sd[ids][:, self.foot_sensor], sd[ids][:, self.touch_sensor]
 
     # ---- actions -------------------------------------------------------------------------------------
@@ -479,6 +492,7 @@ class TrackingEnv:
         self._read_state()
         ref = self.motion.get(self.clip, self.frame, (0,))
         reward, terms, body_err = self._rewards(ref)
+        self.body_pos_error = body_err                                        # [N] m, mean over tracked bodies (re-anchored)
         why = self._terminations(ref)
         unstable = self.sim.unstable if not kinematic else torch.zeros_like(why["anchor_tilt"])
         failed = why["anchor_height"] | why["anchor_tilt"] | why["ee_height"]
@@ -488,13 +502,17 @@ class TrackingEnv:
         truncated = ((self.episode_step >= self.max_steps) | (self.frame >= last)) & ~terminated
         self._record(reward, terms, body_err, why, failed, terminated, truncated, unstable)
         self.frame = torch.minimum(self.frame + 1, last)                       # advance the reference
-        obs = self.observe()                                                   # also the final obs of ended episodes
-        final = obs
         done = (terminated | truncated).nonzero().squeeze(1)
+        cut = truncated.nonzero().squeeze(1)
+        final_rows = self.observe(cut) if len(cut) else None                   # kept to bootstrap truncated episodes
         if len(done):
-            if truncated.any(): final = obs.clone()
+            self.ended["qpos"][done], self.ended["qvel"][done] = self.sim.qpos[done], self.sim.qvel[done]
+            for k, v in self.episode_sums.items(): self.ended[k][done] = v[done]
             self.reset(done)
-            obs[done] = self.observe(done)
+        obs = self.observe()                                                   # new episodes start with real observations
+        final = obs
+        if final_rows is not None:
+            final = obs.clone(); final[cut] = final_rows
         return TensorDict({"obs": obs, "reward": reward, "terminated": terminated, "truncated": truncated,
                            "final_obs": final}, batch_size=[self.num_envs], device=self.device)
 

@@ -795,5 +795,5 @@ def main(argv=None) -> int:
     return 0
 
 # %% ../nbs/01_motion.ipynb #de432974
-if __name__ == "__main__" and "ipykernel" not in sys.modules:
+if __name__ == "__main__" and "get_ipython" not in globals():
     sys.exit(main())

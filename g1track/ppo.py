@@ -343,7 +343,7 @@ class ToyReach:
 
 # %% ../nbs/05_ppo.ipynb #be1fc99d
 TOY_POLICY = ("policy.latent_dim=8", "policy.encoder_priv=[32]", "policy.adapt_module=[64,64]",
-              "policy.actor=[64,64]", "policy.critic=[64,64]")
+              "policy.actor=[64,64]", "policy.critic=[64,64]", "policy.init_std=1.0")   # the toy wants wide exploration
 
 def train_toy(iterations: int = 60, num_envs: int = 256, symmetry: bool = False, seed: int = 0,
               algo_overrides=(), policy: TrackingPolicy | None = None, device="cpu"):

@@ -20,18 +20,12 @@ import torch
 import mujoco
 from omegaconf import OmegaConf, DictConfig
 from .rotations import quat_mul, quat_apply, quat_from_axis_angle
-from .config import cfg_dir
+from .config import cfg_dir, config_section
 
 # %% ../nbs/00_robot.ipynb #3d9c6f18
 def robot_cfg(**overrides) -> DictConfig:
     "The `robot` section of `cfg/task/G1/G1.yaml`, with dotted-key `overrides` (unknown keys raise)."
-    cfg = OmegaConf.load(cfg_dir() / "task" / "G1" / "G1.yaml").robot
-    OmegaConf.set_struct(cfg, True)
-    for key, value in overrides.items():
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise KeyError(f"unknown robot config key '{key}'; known keys: {', '.join(cfg.keys())}")
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return config_section("task/G1/G1.yaml", "robot", **overrides)
 
 # %% ../nbs/00_robot.ipynb #3f4132d3
 class ModelUnavailableError(RuntimeError):
@@ -291,32 +285,44 @@ class BodyKinematics(torch.nn.Module):
         parent = model.body_parentid[1:] - 1       # -1: the world
         depth = np.zeros(nb, int)
         for b in range(1, nb): depth[b] = depth[parent[b]] + 1
-        self.levels = [np.flatnonzero(depth == d) for d in range(1, depth.max() + 1)]
-        jnt = model.body_jntadr[1:]
-        self.register_buffer("offset", torch.tensor(model.body_pos[1:], dtype=dtype))
-        self.register_buffer("rest", torch.tensor(model.body_quat[1:], dtype=dtype))
-        self.register_buffer("axis", torch.tensor(model.jnt_axis[np.maximum(jnt, 0)], dtype=dtype))
-        self.parent, self.qadr, self.dadr = parent, model.jnt_qposadr[np.maximum(jnt, 0)], model.jnt_dofadr[np.maximum(jnt, 0)]
+        jnt = np.maximum(model.body_jntadr[1:], 0)
+        rest = torch.tensor(model.body_quat[1:], dtype=torch.float64)
+        axis = torch.tensor(model.jnt_axis[jnt], dtype=torch.float64)
+        # rest ⊗ hinge(θ) = cos(θ/2)·rest + sin(θ/2)·(rest ⊗ (0, axis)): two constants per body, no product at run time
+        spin = quat_mul(rest, torch.cat([torch.zeros(nb, 1, dtype=torch.float64), axis], -1))
+        self.nbody, self.levels = nb, []
+        for d in range(1, depth.max() + 1):
+            lv = np.flatnonzero(depth == d)
+            t = lambda x: torch.as_tensor(x, dtype=torch.long)
+            self.levels.append(dict(lv=t(lv), parent=t(parent[lv]), qadr=t(model.jnt_qposadr[jnt[lv]]),
+                                    dadr=t(model.jnt_dofadr[jnt[lv]]), offset=torch.tensor(model.body_pos[1:][lv], dtype=dtype),
+                                    rest=rest[lv].to(dtype), spin=spin[lv].to(dtype), axis=axis[lv].to(dtype)))
         self.to(device)
+
+    def to(self, device, *args, **kw):
+        "Move the per-level tables too (they are plain tensors, not buffers)."
+        self.levels = [{k: v.to(device) for k, v in lvl.items()} for lvl in self.levels]
+        return super().to(device, *args, **kw)
 
     def forward(self, qpos: torch.Tensor, qvel: torch.Tensor | None = None):
         "Returns (pos [...,B,3], quat [...,B,4], linvel [...,B,3], angvel [...,B,3]), world frame; velocities None without qvel."
-        B = self.offset.shape[0]
-        pos = qpos.new_empty(qpos.shape[:-1] + (B, 3)); quat = qpos.new_empty(qpos.shape[:-1] + (B, 4))
+        B, lead = self.nbody, qpos.shape[:-1]
+        pos, quat = qpos.new_empty(lead + (B, 3)), qpos.new_empty(lead + (B, 4))
         pos[..., 0, :], quat[..., 0, :] = qpos[..., :3], qpos[..., 3:7]
         if qvel is not None:
-            lin = qvel.new_empty(qvel.shape[:-1] + (B, 3)); ang = qvel.new_empty(qvel.shape[:-1] + (B, 3))
+            lin, ang = qvel.new_empty(lead + (B, 3)), qvel.new_empty(lead + (B, 3))
             lin[..., 0, :], ang[..., 0, :] = qvel[..., :3], quat_apply(qpos[..., 3:7], qvel[..., 3:6])
-        for lv in self.levels:
-            p, ax = self.parent[lv], self.axis[lv]
-            qp = quat[..., p, :]
-            hinge = quat_from_axis_angle(ax.expand(qpos.shape[:-1] + ax.shape), qpos[..., self.qadr[lv]])
-            quat[..., lv, :] = quat_mul(quat_mul(qp, self.rest[lv]), hinge)
-            pos[..., lv, :] = pos[..., p, :] + quat_apply(qp, self.offset[lv].expand_as(pos[..., lv, :]))
+        for L in self.levels:
+            lv, p = L["lv"], L["parent"]
+            qp, pp = quat.index_select(-2, p), pos.index_select(-2, p)
+            half = 0.5 * qpos.index_select(-1, L["qadr"]).unsqueeze(-1)
+            q = quat_mul(qp, torch.cos(half) * L["rest"] + torch.sin(half) * L["spin"])
+            x = pp + quat_apply(qp, L["offset"].expand_as(pp))
+            quat[..., lv, :], pos[..., lv, :] = q, x
             if qvel is not None:
-                wp = ang[..., p, :]
-                ang[..., lv, :] = wp + quat_apply(quat[..., lv, :], ax.expand_as(wp)) * qvel[..., self.dadr[lv]].unsqueeze(-1)
-                lin[..., lv, :] = lin[..., p, :] + torch.cross(wp, pos[..., lv, :] - pos[..., p, :], dim=-1)
+                wp = ang.index_select(-2, p)
+                ang[..., lv, :] = wp + quat_apply(q, L["axis"].expand_as(wp)) * qvel.index_select(-1, L["dadr"]).unsqueeze(-1)
+                lin[..., lv, :] = lin.index_select(-2, p) + torch.cross(wp, x - pp, dim=-1)
         if qvel is None: return pos, quat, None, None
         return pos, quat, lin, ang
 

@@ -15,19 +15,13 @@ import numpy as np
 import torch
 import mujoco
 from omegaconf import OmegaConf, DictConfig
-from .config import cfg_dir
+from .config import cfg_dir, config_section
 from .robot import G1, BodyKinematics
 
 # %% ../nbs/02_sim.ipynb #fbe261ca
 def sim_cfg(**overrides) -> DictConfig:
     "The `sim` section of `cfg/task/G1/G1.yaml`, with dotted-key `overrides` (unknown keys raise)."
-    cfg = OmegaConf.load(cfg_dir() / "task" / "G1" / "G1.yaml").sim
-    OmegaConf.set_struct(cfg, True)
-    for key, value in overrides.items():
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise KeyError(f"unknown sim config key '{key}'; known keys: {', '.join(cfg.keys())}") from None
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return config_section("task/G1/G1.yaml", "sim", **overrides)
 
 # %% ../nbs/02_sim.ipynb #5afc5451
 BACKENDS = ("mujoco", "warp")

@@ -10,6 +10,16 @@ if (SHARED / "menagerie").is_dir() and not os.environ.get("MENAGERIE_ROOT"):
     os.environ["MENAGERIE_ROOT"] = str(SHARED / "menagerie")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    "Small tensors gain nothing from intra-op threads, and next to MuJoCo's thread pool they oversubscribe badly."
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def motions_dir() -> pathlib.Path:
     "The real third-party clips in ../shared/motions (skips the test where they are absent)."

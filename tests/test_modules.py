@@ -9,13 +9,6 @@ from tensordict import TensorDict
 
 from g1track.modules import MLP, DiagGaussian, GaussianActor, Normalizer, TrackingPolicy, policy_cfg
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny networks: intra-op threads only add overhead, and on a shared CPU they oversubscribe badly."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 DIMS = {"policy": 23, "priv": 11, "critic_priv": 5}

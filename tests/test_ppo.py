@@ -11,13 +11,6 @@ from g1track.modules import TrackingPolicy, policy_cfg
 from g1track.ppo import (PPO, TOY_POLICY, RolloutStorage, ToyReach, algo_cfg, collect_rollout, compute_gae,
                          entropy_schedule, train_toy)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny networks: intra-op threads only add overhead, and on a shared CPU they oversubscribe badly."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 NETS = ("encoder_priv", "adapt_module", "actor_teacher", "actor_student", "critic")

@@ -1,0 +1,103 @@
+"""Does the teacher learn? Stage 1 on the built-in `squat` clip with the CPU backend for a fixed frame budget.
+
+Prints, before and after training, a fixed deterministic evaluation of the teacher (starts every 0.5 s
+along the clip, no noise, no randomization, up to 4 s each): success rate (survived the 4 s or reached
+the clip end), mean episode length and mean body-position error; then the training frames/s next to
+the env-only steps/s of the same environment (random actions) measured in the same run.
+
+    python bench/learn.py [--frames 2000000] [--preset cpu_demo] [--envs 128]
+"""
+import argparse, os, pathlib, sys, tempfile, time
+import torch
+
+shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "menagerie"
+if shared.is_dir(): os.environ.setdefault("MENAGERIE_ROOT", str(shared))
+
+from g1track.config import compose
+from g1track.env import TrackingEnv
+from g1track.modules import TrackingPolicy
+from g1track.train import train
+
+QUIET = ["task.randomization.enabled=false", "task.observations.noise.enabled=false", "task.reset.joint_pos=[0,0]",
+         "task.reset.root_pos=[[0,0],[0,0],[0,0]]", "task.reset.root_rot=[[0,0],[0,0],[0,0]]",
+         "task.reset.root_lin_vel=[[0,0],[0,0],[0,0]]", "task.reset.root_ang_vel=[[0,0],[0,0],[0,0]]"]
+
+
+@torch.no_grad()
+def evaluate(policy, task_cfg, horizon_s=4.0, every_s=0.5) -> dict:
+    "Deterministic teacher from starts every `every_s` s along clip 0, each for up to `horizon_s` s."
+    probe = TrackingEnv(task_cfg, num_envs=1)
+    n_frames, dt = int(probe.motion.num_frames[0]), probe.dt
+    starts = list(range(0, max(1, n_frames - int(1.0 / dt)), int(every_s / dt)))
+    env = TrackingEnv(task_cfg, num_envs=len(starts), clips=None)
+    env.reset()
+    ids = torch.arange(env.num_envs)
+    env.clip[:] = 0; env.frame[:] = torch.tensor(starts)
+    env.sim.set_state(ids, env.motion.qpos(env.clip, env.frame), env.motion.qvel(env.clip, env.frame))
+    env.target[:] = env.default_joint_pos; env.last_action[:] = 0; env._read_state()
+    obs = env.observe()
+    alive = torch.ones(env.num_envs, dtype=torch.bool)
+    steps, err, success = torch.zeros(env.num_envs), torch.zeros(env.num_envs), torch.zeros(env.num_envs, dtype=torch.bool)
+    for _ in range(int(horizon_s / dt)):
+        action, _, _ = policy.act(obs, "teacher", deterministic=True, with_value=False)
+        out = env.step(action)
+        steps += alive; err += alive * env.body_pos_error
+        success |= alive & out["truncated"]
+        alive &= ~(out["terminated"] | out["truncated"])
+        obs = out["obs"]
+        if not alive.any(): break
+    success |= alive
+    return dict(success=success.float().mean().item(), length_s=(steps * dt).mean().item(),
+                body_pos_error_cm=100 * (err.sum() / steps.sum()).item(), starts=len(starts))
+
+
+def env_only_steps_per_s(task_cfg, steps=60) -> float:
+    env = TrackingEnv(task_cfg)
+    env.reset()
+    for _ in range(5): env.step(0.3 * torch.randn(env.num_envs, 29))
+    t0 = time.perf_counter()
+    for _ in range(steps): env.step(0.3 * torch.randn(env.num_envs, 29))
+    return steps * env.num_envs / (time.perf_counter() - t0)
+
+
+def show(tag, m):
+    print(f"{tag:6s} success={m['success']:.2f}  mean_episode_length_s={m['length_s']:.2f}  "
+          f"body_pos_error_cm={m['body_pos_error_cm']:.1f}  (over {m['starts']} starts)", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=float, default=2e6)
+    ap.add_argument("--preset", default="cpu_demo", help="'' for the seed's full-scale settings")
+    ap.add_argument("--envs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = ["+exp=train", *([f"+preset={a.preset}"] if a.preset else []), "task.motions=[builtin:squat]",
+                     "task.backend=mujoco", f"total_frames={int(a.frames)}", f"run_dir={tmp}", "wandb.mode=disabled",
+                     "wandb.id=learn", f"seed={a.seed}", "save_every=1000000", "progress=false",
+                     *([f"task.num_envs={a.envs}"] if a.envs else [])]
+        cfg = compose(overrides)
+        quiet = compose(overrides + QUIET).task
+        torch.manual_seed(a.seed)
+        probe = TrackingEnv(cfg.task, num_envs=1)
+        start = evaluate(TrackingPolicy(probe.obs_dims, 29, cfg.policy), quiet)
+        print(f"stage 1 on builtin:squat, {cfg.task.num_envs} envs, {int(a.frames)} frames, preset={a.preset or 'none'}", flush=True)
+        show("start", start)
+        t0 = time.perf_counter()
+        result = train(cfg)
+        wall = time.perf_counter() - t0
+        end = evaluate(result["policy"].cpu().eval(), quiet)
+        show("end", end)
+        env_sps = env_only_steps_per_s(cfg.task)
+    train_fps = result["iterations"] * cfg.task.num_envs * cfg.algo.train_every / wall
+    print(f"train_wall_s={wall:.0f} train_frames_per_s={train_fps:.0f} env_only_steps_per_s={env_sps:.0f} "
+          f"ratio={train_fps / env_sps:.2f}")
+    print(f"success {start['success']:.2f}->{end['success']:.2f}  length_s {start['length_s']:.2f}->{end['length_s']:.2f}  "
+          f"body_pos_error_cm {start['body_pos_error_cm']:.1f}->{end['body_pos_error_cm']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Evaluation, export and sim2sim: metrics on hand-built cases, a real tiny pipeline evaluated, exported,
+checked against onnxruntime, replayed in the plain MuJoCo loop, and the errors a user can run into."""
+import json, shutil, subprocess, sys, pathlib
+import numpy as np
+import pytest
+import torch
+
+from g1track.eval.metrics import (Episode, summarize, evaluate_episodes, ratios, comparison_table, metrics_table, save_json,
+                                  mpkpe, mpkpe_root_relative, joint_position_error)
+
+BODIES = ("pelvis", "torso_link", "left_wrist_yaw_link", "right_wrist_yaw_link", "left_ankle_roll_link", "right_ankle_roll_link")
+HANDS, FEET = BODIES[2:4], BODIES[4:6]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics on hand-built cases with known answers
+
+def _episode(pos, ref, q=None, q_ref=None, terminated=False, reward=None, clip="c", dt=0.02):
+    T = len(pos)
+    q = np.zeros((T, 29)) if q is None else q
+    q_ref = np.zeros((T, 29)) if q_ref is None else q_ref
+    return Episode(clip, BODIES, np.asarray(pos), np.asarray(ref), q, q_ref, terminated, dt, reward)
+
+
+def test_translation_counts_in_mpkpe_not_in_root_relative():
+    ref = np.random.default_rng(0).normal(size=(25, len(BODIES), 3))
+    assert mpkpe(ref + [0.03, 0.04, 0.0], ref) == pytest.approx(0.05)
+    assert mpkpe_root_relative(ref + [0.03, 0.04, 0.0], ref) == pytest.approx(0.0, abs=1e-12)
+    assert mpkpe(ref + [0.03, 0.04, 0.0], ref, bodies=[0]) == pytest.approx(0.05)
+    m = summarize([_episode(ref + [0.03, 0.04, 0.0], ref)], hands=HANDS, feet=FEET)
+    assert m["mpkpe_mm"] == pytest.approx(50.0)
+    assert m["mpkpe_root_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert m["hand_error_mm"] == pytest.approx(50.0) and m["foot_error_mm"] == pytest.approx(50.0)
+
+
+def test_rotation_about_the_root_counts_in_root_relative():
+    # every body 1 m from the pelvis along x; the robot turned by 180 degrees about z: each is 2 m off
+    ref = np.zeros((10, len(BODIES), 3)); ref[:, 1:, 0] = 1.0
+    pos = ref.copy(); pos[:, 1:, 0] = -1.0
+    m = summarize([_episode(pos, ref)])
+    assert m["mpkpe_root_mm"] == pytest.approx(2000.0 * 5 / 6)
+    assert m["mpkpe_mm"] == pytest.approx(2000.0 * 5 / 6)
+
+
+def test_end_effectors_joints_return_and_length():
+    ref = np.random.default_rng(1).normal(size=(40, len(BODIES), 3))
+    pos = ref.copy(); pos[:, BODIES.index("left_wrist_yaw_link"), 2] += 0.01
+    q_ref = np.zeros((40, 29)); q = q_ref.copy(); q[:, :10] = -0.3
+    m = summarize([_episode(pos, ref, q, q_ref, reward=np.full(40, 0.25))], hands=HANDS, feet=FEET)
+    assert m["hand_error_mm"] == pytest.approx(5.0) and m["foot_error_mm"] == pytest.approx(0.0)
+    assert m["mpkpe_mm"] == pytest.approx(10.0 / len(BODIES))
+    assert m["joint_error_rad"] == pytest.approx(0.3 * 10 / 29) == pytest.approx(joint_position_error(q, q_ref))
+    assert m["return"] == pytest.approx(10.0) and m["length_s"] == pytest.approx(0.8) and m["success"] == 1.0
+
+
+def test_errors_are_frame_weighted_success_episode_weighted():
+    ref = np.zeros((30, len(BODIES), 3))
+    short = _episode(ref[:10] + [0.010, 0, 0], ref[:10], terminated=True, clip="a")
+    long = _episode(ref + [0.050, 0, 0], ref, clip="b")
+    r = evaluate_episodes([short, long])
+    assert r["overall"]["mpkpe_mm"] == pytest.approx(40.0)          # (10*10 + 30*50) / 40, not (10 + 50) / 2
+    assert r["overall"]["success"] == 0.5 and r["overall"]["frames"] == 40 and r["overall"]["episodes"] == 2
+    assert r["clips"]["a"]["success"] == 0.0 and r["clips"]["b"]["mpkpe_mm"] == pytest.approx(50.0)
+    assert "overall" in metrics_table(r) and np.isnan(r["overall"]["return"])  # no rewards recorded: n/a, not 0
+
+
+def test_ratios_table_and_json_without_nan(tmp_path):
+    t = dict(success=1.0, mpkpe_mm=40.0, mpkpe_root_mm=30.0, joint_error_rad=0.05, hand_error_mm=50.0, foot_error_mm=0.0,
+             length_s=8.0, **{"return": 20.0})
+    s = dict(t, success=0.9, mpkpe_mm=44.0, **{"return": 18.0})
+    r = ratios(s, t)
+    assert r["mpkpe_mm"] == pytest.approx(1.1) and r["return"] == pytest.approx(0.9) and np.isnan(r["foot_error_mm"])
+    assert "student/teacher" in comparison_table(s, t)
+    f = save_json(tmp_path / "m.json", {"r": r, "a": np.float32(1.5)})
+    assert json.loads(f.read_text()) == {"r": {**{k: v for k, v in r.items() if k != "foot_error_mm"}, "foot_error_mm": None}, "a": 1.5}
+
+
+def test_unknown_body_is_named():
+    ref = np.zeros((5, len(BODIES), 3))
+    with pytest.raises(KeyError, match="left_hand_palm"):
+        summarize([_episode(ref, ref)], hands=["left_hand_palm"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a real tiny pipeline: train -> adapt, evaluated and exported
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "A tiny stage-1 and stage-2 run on the squat (seconds; the policies fall, the machinery is what is tested)."
+    from g1track.config import compose
+    from g1track.train import train
+    root = tmp_path_factory.mktemp("runs")
+    common = ["task.num_envs=8", "algo.train_every=16", f"run_dir={root}", "task.motions=[builtin:squat]", "progress=false",
+              "wandb.mode=disabled"]
+    torch.set_num_threads(1)
+    train(compose(["+exp=train", "total_frames=1024", "wandb.id=ev_train", *common]))
+    train(compose(["+exp=adapt", "total_frames=256", "wandb.id=ev_adapt", "checkpoint_path=run:g1track/ev_train", *common]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluation(runs):
+    from g1track.eval.core import evaluate_checkpoint, eval_cfg
+    return evaluate_checkpoint("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), record_obs=True)
+
+
+@pytest.fixture(scope="module")
+def exported(runs, evaluation):
+    from g1track.eval.core import export_student, eval_cfg
+    obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
+    return export_student("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), obs=obs)
+
+
+def test_evaluation_of_an_adapt_checkpoint_has_teacher_and_student(evaluation, runs):
+    ev = evaluation
+    assert set(ev.results) == {"student", "teacher"} and ev.stage == "adapt"
+    assert ev.teacher_from == "g1track/ev_train" and "stage-1 run g1track/ev_train" in ev.report()
+    assert "student/teacher" in ev.report()
+    clip_frames = 401                                   # builtin:squat: 8 s at 50 Hz
+    for actor, eps in ev.episodes.items():
+        (e,) = eps
+        assert e.clip == "squat" and 1 <= e.num_steps <= clip_frames
+        assert e.terminated or e.num_steps == clip_frames
+        assert np.array_equal(e.extras["frame"], np.arange(e.num_steps))                 # from frame 0, one frame per step
+        # the episode starts exactly on the reference: the first step's error is what one control step of drift makes
+        assert np.linalg.norm(e.body_pos[0] - e.ref_body_pos[0], axis=-1).mean() < 0.03
+        from g1track.env import REWARD_TERMS
+        assert list(e.extras["reward_terms"]) == list(REWARD_TERMS)
+        assert np.allclose(sum(e.extras["reward_terms"].values()), e.reward, atol=1e-5)
+        assert ev.results[actor]["overall"]["return"] == pytest.approx(float(e.reward.sum()), rel=1e-6)
+    saved = json.loads(ev.json_path.read_text())
+    assert ev.json_path == runs / "g1track" / "ev_adapt" / "eval" / "metrics_adapt.json"
+    assert set(saved["actors"]) == {"student", "teacher"} and set(saved["student_over_teacher"]) >= {"mpkpe_mm", "success"}
+    assert saved["actors"]["student"]["overall"]["mpkpe_mm"] == pytest.approx(ev.results["student"]["overall"]["mpkpe_mm"])
+
+
+def test_evaluation_is_deterministic_and_motions_can_be_chosen(runs, evaluation):
+    from g1track.eval.core import evaluate_checkpoint, eval_cfg
+    again = evaluate_checkpoint("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), actor="student", out_dir=runs / "again")
+    assert again.results["student"] == evaluation.results["student"]
+    other = evaluate_checkpoint("g1track/ev_train", eval_cfg(f"run_dir={runs}"), motions=["builtin:stand", "builtin:arm_wave"],
+                                out_dir=runs / "other")
+    assert list(other.results) == ["teacher"] and list(other.results["teacher"]["clips"]) == ["stand", "arm_wave"]
+
+
+def test_train_checkpoint_refuses_the_untrained_student(runs):
+    from g1track.eval.core import evaluate_checkpoint, export_student, eval_cfg, ExportError
+    from g1track.train import CheckpointError
+    with pytest.raises(CheckpointError, match="never been trained"):
+        evaluate_checkpoint("g1track/ev_train", eval_cfg(f"run_dir={runs}"), actor="student")
+    with pytest.raises(ExportError, match=r"stage 'train'.*\+exp=adapt"):
+        export_student("g1track/ev_train", eval_cfg(f"run_dir={runs}"))
+
+
+def test_export_matches_onnxruntime_and_carries_deployment_metadata(exported, runs):
+    import onnxruntime as ort, yaml
+    from g1track.train import load_checkpoint, policy_from_checkpoint, checkpoint_config
+    ex = exported
+    assert ex.onnx_path == runs / "g1track" / "ev_adapt" / "export" / "policy.onnx"
+    assert ex.parity_max_abs <= 1e-5 and ex.torch_vs_policy_max_abs <= 1e-5 and ex.num_obs > 0
+    assert not [p for p in ex.onnx_path.parent.iterdir() if p.name.startswith(".")]     # no temporary files left
+    # an independent check: a fresh session, batches of 1 and 7, against the checkpoint's student in torch
+    ckpt = load_checkpoint(runs / "g1track" / "ev_adapt" / "checkpoints" / "latest.pt")
+    student = policy_from_checkpoint(ckpt).student_onnx_module()
+    sess = ort.InferenceSession(str(ex.onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["policy_obs"] and [o.name for o in sess.get_outputs()] == ["action"]
+    x = (np.random.default_rng(0).normal(size=(7, ckpt["obs_dims"]["policy"])) * 2).astype(np.float32)
+    for batch in (x[:1], x):
+        got = sess.run(None, {"policy_obs": batch})[0]
+        assert got.shape == (len(batch), 29)
+        assert np.abs(got - student(torch.from_numpy(batch)).detach().numpy()).max() <= 1e-5
+    meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+    task = checkpoint_config(ckpt).task
+    from g1track.robot import load_g1
+    g1 = load_g1(task.robot, visual=False)
+    assert meta["joint_names"] == list(g1.joint_names)
+    assert np.allclose(meta["default_joint_pos"], g1.default_joint_pos) and np.allclose(meta["kp"], g1.kp)
+    assert np.allclose(meta["kd"], g1.kd) and np.allclose(meta["action_scale"], g1.action_scale)
+    assert np.allclose(meta["effort_limit"], g1.effort)
+    assert meta["control_dt"] == pytest.approx(0.02) and meta["decimation"] == 4 and meta["physics_dt"] == pytest.approx(0.005)
+    assert [[t["name"], t["start"], t["stop"]] for t in meta["observation"]["terms"]] == ckpt["obs_layout"]["policy"]
+    assert meta["observation"]["future_frames"] == list(task.future_frames) and meta["anchor_body"] == "torso_link"
+    assert meta["tracked_bodies"] == list(task.robot.tracked_bodies)
+    assert meta["source"]["stage"] == "adapt" and meta["source"]["run"] == "g1track/ev_adapt" and meta["g1track_version"]
+    deploy = yaml.safe_load(ex.yaml_path.read_text())
+    assert deploy["onnx"] == "policy.onnx" and deploy["kp"] == meta["kp"] and deploy["observation"] == meta["observation"]
+    import hashlib
+    assert deploy["sha256"] == hashlib.sha256(ex.onnx_path.read_bytes()).hexdigest()
+
+
+def test_sim2sim_observes_and_moves_like_the_environment(exported, evaluation):
+    import mujoco
+    from g1track.eval import sim2sim as s2s
+    meta = s2s.read_metadata(exported.onnx_path)
+    layout = [(t["name"], t["start"], t["stop"]) for t in meta["observation"]["terms"]]
+    model = s2s.deployment_model(meta)
+    ref = s2s.load_reference("builtin:squat", meta)
+    env_ep = evaluation.episodes["student"][0]
+    # 1. every policy term, computed from MjData in numpy, equals the environment's on the same states
+    d = mujoco.MjData(model)
+    s = s2s.State(model, d, meta, ref)
+    for k in range(env_ep.num_steps):
+        qpos, qvel = (ref.qpos[0], ref.qvel[0]) if k == 0 else (env_ep.extras["qpos"][k - 1], env_ep.extras["qvel"][k - 1])
+        d.qpos[:], d.qvel[:] = qpos, qvel
+        mujoco.mj_kinematics(model, d)
+        s.frame = int(env_ep.extras["frame"][k])
+        s.last_action = np.zeros(29) if k == 0 else env_ep.extras["action"][k - 1]
+        assert np.abs(s2s.observe(s, layout) - env_ep.extras["obs"][k]).max() < 1e-4, f"step {k}"
+    # 2. from the state the environment starts from (its reference is stored in float32), the loop reproduces the rollout
+    start = s2s.Reference(**{**ref.__dict__, "qpos": ref.qpos.astype(np.float32).astype(np.float64)})
+    start.qpos[:, 3:7] /= np.linalg.norm(start.qpos[:, 3:7], axis=1, keepdims=True)
+    ep = s2s.run_episode(exported.onnx_path, start, session=None, meta=meta, model=model)
+    assert ep.num_steps == env_ep.num_steps and ep.terminated == env_ep.terminated
+    assert np.abs(ep.extras["qpos"] - env_ep.extras["qpos"]).max() < 1e-4
+    # 3. the plain run reports the same metrics, from the clip's own start state
+    r = s2s.sim2sim(exported.onnx_path, ["builtin:squat"])
+    env_m, s2s_m = evaluation.results["student"]["overall"], r["overall"]
+    assert set(s2s_m) >= {"success", "mpkpe_mm", "mpkpe_root_mm", "joint_error_rad", "hand_error_mm", "foot_error_mm"}
+    assert s2s_m["success"] == env_m["success"] and abs(s2s_m["mpkpe_mm"] - env_m["mpkpe_mm"]) < 5.0
+
+
+def test_sim2sim_command_needs_only_the_onnx_file(exported, tmp_path):
+    model = tmp_path / "copied.onnx"
+    shutil.copy(exported.onnx_path, model)                  # away from the run, its checkpoint and its config
+    out = tmp_path / "m.json"
+    script = ("import sys, runpy; sys.argv = ['sim2sim', sys.argv[1], '--motion', 'builtin:squat', '--json', sys.argv[2]]\n"
+              "try: runpy.run_module('g1track.eval.sim2sim', run_name='__main__')\n"
+              "except SystemExit as e: code = e.code\n"
+              "used = [m for m in ('g1track.env', 'g1track.modules', 'g1track.train', 'g1track.eval.core') if m in sys.modules]\n"
+              "print('USED', used); sys.exit(code)")
+    r = subprocess.run([sys.executable, "-c", script, str(model), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "USED []" in r.stdout and "MPKPE mm" in r.stdout
+    assert json.loads(out.read_text())["clips"]["squat"]["mpkpe_mm"] > 0
+
+
+def test_sim2sim_errors_are_one_sentence(exported, tmp_path):
+    import onnx
+    from g1track.eval import sim2sim as s2s
+    with pytest.raises(s2s.DeploymentError, match="does not exist"):
+        s2s.read_metadata(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(s2s.DeploymentError, match="not a readable ONNX model"):
+        s2s.read_metadata(tmp_path / "junk.onnx")
+    m = onnx.load(str(exported.onnx_path))
+    for p in m.metadata_props:
+        if p.key == "observation":
+            obs = json.loads(p.value); obs["terms"][3]["name"] = "base_lin_vel"; p.value = json.dumps(obs)
+    onnx.save(m, str(tmp_path / "bad_term.onnx"))
+    assert s2s.main([str(tmp_path / "bad_term.onnx"), "--motion", "builtin:squat"]) == 2
+    with pytest.raises(s2s.DeploymentError, match=r"\['base_lin_vel'\].*cannot compute"):
+        s2s.sim2sim(tmp_path / "bad_term.onnx", ["builtin:squat"])
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / "bare.onnx"))
+    with pytest.raises(s2s.DeploymentError, match="no g1track metadata"):
+        s2s.read_metadata(tmp_path / "bare.onnx")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line
+
+def test_cli_evaluates_plays_and_exports(runs, capsys):
+    from g1track.eval.core import main
+    out = runs / "cli"
+    assert main(["--run_path", "g1track/ev_adapt", "--run_dir", str(runs), "-p", "--export", "--max-seconds", "0.1",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "student vs teacher" in text and "onnxruntime vs torch max |diff|" in text
+    assert (out / "metrics_adapt.json").is_file() and (out / "policy.onnx").is_file() and (out / "deploy.yaml").is_file()
+    (video,) = out.glob("play_adapt_student_*.mp4")
+    assert video.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("missing", "no checkpoint for run g1track/nope"),
+    ("garbage", "corrupted or truncated"),
+    ("truncated", "corrupted or truncated"),
+    ("export_train", "never been trained"),
+])
+def test_cli_errors_are_one_sentence(runs, tmp_path, capsys, make, expected):
+    from g1track.eval.core import main
+    real = runs / "g1track" / "ev_adapt" / "checkpoints" / "latest.pt"
+    if make == "missing": args = ["--run_path", "g1track/nope", "--run_dir", str(runs)]
+    elif make == "garbage":
+        (tmp_path / "ckpt.pt").write_bytes(b"\x00garbage" * 100); args = ["--checkpoint", str(tmp_path / "ckpt.pt")]
+    elif make == "truncated":
+        data = real.read_bytes(); (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2]); args = ["--checkpoint", str(tmp_path / "ckpt.pt")]
+    else: args = ["--run_path", "g1track/ev_train", "--run_dir", str(runs), "--export"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("module", ["g1track.eval", "g1track.eval.sim2sim"])
+def test_module_help_from_a_fresh_interpreter(module):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and f"python -m {module}" in r.stdout and "--motion" in r.stdout
