@@ -9,8 +9,8 @@ Docs: https://g1track.github.io/g1track/train.html.md"""
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CheckpointError', 'atomic_save', 'link_latest', 'load_checkpoint', 'checkpoint_config',
            'policy_from_checkpoint', 'layout_of', 'check_layout', 'start_mode', 'run_folder', 'resolve_checkpoint',
-           'wandb_logged_in', 'wandb_mode', 'new_run_id', 'setup_distributed', 'make_deterministic', 'Run', 'train',
-           'main']
+           'wandb_logged_in', 'wandb_mode', 'new_run_id', 'setup_distributed', 'make_deterministic', 'Run',
+           'env_state_file', 'train', 'main']
 
 # %% ../nbs/07_train.ipynb #e59eaf7f
 import os, sys, json, math, time, glob, pathlib, datetime, netrc, contextlib
@@ -211,7 +211,7 @@ class Run:
     def save(self, state: dict, env_state: dict, iteration: int) -> pathlib.Path:
         "Every rank writes its env state; rank 0 then writes the checkpoint and moves latest.pt."
         path = self.ckpt_dir / f"ckpt_{iteration:06d}.pt"
-        atomic_save(env_state, path.with_name(f"{path.stem}.env{self.rank}.pt"))
+        atomic_save(env_state, env_state_file(path, iteration, self.rank))
         if dist.is_initialized(): dist.barrier()
         if self.rank == 0:
             atomic_save({**state, "lineage": self.lineage, "run_id": self.run_id}, path)
@@ -234,9 +234,12 @@ class Run:
             if self.wandb is not None: self.wandb.finish()
 
 # %% ../nbs/07_train.ipynb #ebae59b3
-def _load_env_state(path: pathlib.Path, rank: int, env, runner) -> bool:
-    f = path.with_name(f"{path.stem}.env{rank}.pt")
-    if path.name == "latest.pt": f = path.resolve().with_name(f"{path.resolve().stem}.env{rank}.pt")
+def env_state_file(path, iteration: int, rank: int) -> pathlib.Path:
+    "The environment state of `rank` saved beside a checkpoint (also when `path` is the latest.pt hard link)."
+    return pathlib.Path(path).with_name(f"ckpt_{int(iteration):06d}.env{rank}.pt")
+
+def _load_env_state(path: pathlib.Path, iteration: int, rank: int, env, runner) -> bool:
+    f = env_state_file(path, iteration, rank)
     if not f.is_file(): return False
     sd = torch.load(f, map_location=env.device, weights_only=False)
     if sd["env"]["clip"].shape[0] != env.num_envs: return False
@@ -266,7 +269,7 @@ def train(cfg: DictConfig) -> dict:
             runner.algo.load_state_dict(ckpt["optimizer"])
             start_iteration = int(ckpt["iteration"])
             gen.set_state(ckpt["ppo_generator"][rank] if rank < len(ckpt["ppo_generator"]) else gen.get_state())
-            _load_env_state(ckpt_path, rank, env, runner)
+            runner.resumed_env = _load_env_state(ckpt_path, ckpt["iteration"], rank, env, runner)
     broadcast_module_(policy)
     if mode in ("scratch", "start"): runner.start()
     lineage = ckpt["lineage"] if ckpt is not None and mode == "start" else (ckpt["lineage"][:-1] if ckpt is not None else [])
@@ -305,7 +308,8 @@ def train(cfg: DictConfig) -> dict:
         bar.close(); run.close(); env.close()
     if rank == 0:
         print(f"[g1track] {cfg.stage} done: {runner.total_iterations} iterations; checkpoint {path}", flush=True)
-    return dict(run_id=run.run_id, folder=run.folder, checkpoint=path, logs=logs, iterations=runner.total_iterations, policy=policy)
+    return dict(run_id=run.run_id, folder=run.folder, checkpoint=path, logs=logs, iterations=runner.total_iterations, policy=policy,
+                resumed_env=getattr(runner, "resumed_env", False))
 
 def _gather_states(state: torch.Tensor) -> list:
     out = [None] * dist.get_world_size()

@@ -123,6 +123,10 @@ def test_stopping_and_resuming_gives_the_same_next_update(tmp_path):
     a, b = full["policy"].state_dict(), resumed["policy"].state_dict()
     assert resumed["iterations"] == 3
     for k in a: assert torch.equal(a[k], b[k]), k
+    assert resumed["resumed_env"]
+    # through run:PROJECT/RUN_ID the checkpoint is latest.pt (a hard link): its environment state is found too
+    again = run_stage(tmp_path, "train", "again", 4, *det, ckpt="run:g1track/full")
+    assert again["resumed_env"] and again["iterations"] == 4
     # the control: a fresh run from the same seed but without the saved environment state differs
     other = run_stage(tmp_path, "train", "other", 1, *det, "seed=1")
     assert any(not torch.equal(a[k], other["policy"].state_dict()[k]) for k in a)
