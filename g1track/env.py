@@ -96,6 +96,14 @@ def _future_body_pos_error(env, ids, ref):
     err = reanchor_pos(ref, p, q, env.anchor) - env.body_pos[ids].unsqueeze(1)      # [n, F, B, 3]
     return quat_apply_inv(q[:, None, None], err).flatten(1)
 
+# BeyondMimic's policy terms (task=G1/G1_tracking_bm): the current reference frame only, and absolute reference joint
+# positions, so that its motion_tracking_controller computes them from the exported file's embedded motion alone.
+def _now(env): return env.future_offsets.index(0)      # the current frame among the future frames (task.future_frames holds 0)
+def _command(env, ids, ref): return torch.cat([ref.joint_pos[:, _now(env)], ref.joint_vel[:, _now(env)]], 1)
+def _motion_anchor_ori_b(env, ids, ref):
+    _, q = _anchor(env, ids)
+    return quat_to_6d(quat_mul(quat_conj(q), ref.body_quat_w[:, _now(env), env.anchor]))
+
 # %% ../nbs/03_env.ipynb #b64394af
 def _joints(env, frames=1): return signed_perm(env.g1.mirror_perm, env.g1.mirror_sign, frames)
 def _joint_scales(env): return signed_perm(env.g1.mirror_perm, np.ones(29))
@@ -133,6 +141,8 @@ TERMS = {
     "joint_pos_clean": Term(_joint_pos, _joints),
     "joint_vel_clean": Term(_joint_vel, _joints),
     "future_body_pos_error": Term(_future_body_pos_error, lambda e: per_item(e.body_mirror, POLAR, e.F)),
+    "command": Term(_command, lambda e: _joints(e, 2)),                       # BeyondMimic: ref joint pos (absolute), vel
+    "motion_anchor_ori_b": Term(_motion_anchor_ori_b, _vec(SIXD), noise="ref_anchor_ori"),
 }
 GROUPS = ("policy", "priv", "critic_priv")
 
@@ -290,8 +300,9 @@ class TrackingEnv:
         self.joint_offset, self.action_delay, self.push_timer = z(N, 29), z(N), z(N)
         self.fail = z(self.motion.num_bins)
         self.episode_sums = {k: z(N) for k in REWARD_TERMS + ("return", "body_pos_error")}
-        self.log, self.log_count = {}, {}
-        self.unstable_total = 0
+        self._setup_log()
+        self._ranges = {}                                    # config ranges as device tensors, see _uniform
+        self.unstable_total = torch.zeros((), dtype=torch.int64, device=dev)
         self.fixed_starts = None
         # the last state of episodes that ended in the latest step (before their auto-reset), for evaluation
         self.ended = dict(qpos=self.sim.qpos.clone(), qvel=self.sim.qvel.clone(), **{k: v.clone() for k, v in self.episode_sums.items()})
@@ -311,31 +322,40 @@ class TrackingEnv:
             self.params = dict(friction=one(N) * float(self.c.robot.floor_friction[0]), mass_scale=one(N, nb),
                                com_offset=torch.zeros(N, 3, device=dev), kp_scale=one(N, 29), kd_scale=one(N, 29))
 
-    def _randomize_episode(self, ids):
-        r, n = self.c.randomization, len(ids)
+    def _uniform(self, ranges, shape) -> torch.Tensor:
+        """`uniform` samples with the config's `ranges` kept as a device tensor: rebuilt from the Python list at every
+        step it would be a host->device copy per call (on a GPU, a copy from pageable memory waits for the stream)."""
+        key = repr(ranges)
+        if key not in self._ranges: self._ranges[key] = torch.as_tensor(ranges, dtype=torch.float32, device=self.device)
+        return uniform(self._ranges[key], shape, self.gen, self.device)
+
+    def _randomize_episode(self, mask):
+        "Per-episode randomization of the envs where `mask` is true (drawn for all envs, written where it is)."
+        r, N, m = self.c.randomization, self.num_envs, mask
         if not r.enabled:
-            self.joint_offset[ids], self.action_delay[ids], self.push_timer[ids] = 0.0, 0.0, math.inf
+            self.joint_offset.masked_fill_(m[:, None], 0.0); self.action_delay.masked_fill_(m, 0.0)
+            self.push_timer.masked_fill_(m, math.inf)
             return
-        self.joint_offset[ids] = uniform(r.joint_offset, (n, 29), self.gen, self.device)
-        self.action_delay[ids] = uniform(r.action_delay_s, (n,), self.gen, self.device)
-        self.push_timer[ids] = uniform(r.push.interval_s, (n,), self.gen, self.device)
+        self.joint_offset.copy_(torch.where(m[:, None], self._uniform(r.joint_offset, (N, 29)), self.joint_offset))
+        self.action_delay.copy_(torch.where(m, self._uniform(r.action_delay_s, (N,)), self.action_delay))
+        self.push_timer.copy_(torch.where(m, self._uniform(r.push.interval_s, (N,)), self.push_timer))
 
     def _apply_pushes(self):
+        "Velocity kicks for the envs whose push timer ran out: drawn for all, applied where due (a masked write, no sync)."
+        if not self.c.randomization.enabled: return          # timers are infinite: nothing can be due
         self.push_timer -= self.dt
-        due = (self.push_timer <= 0).nonzero().squeeze(1)
-        if len(due) == 0: return
-        p, n = self.c.randomization.push, len(due)
-        qvel = self.sim.qvel[due].clone()
-        qvel[:, :3] += uniform(p.lin_vel, (n, 3), self.gen, self.device)
-        qvel[:, 3:6] += uniform(p.ang_vel, (n, 3), self.gen, self.device)
-        self.sim.set_state(due, None, qvel)
-        self.push_timer[due] = uniform(p.interval_s, (n,), self.gen, self.device)
+        due, p, N = self.push_timer <= 0, self.c.randomization.push, self.num_envs
+        kick = torch.cat([self._uniform(p.lin_vel, (N, 3)), self._uniform(p.ang_vel, (N, 3))], 1)
+        qvel = self.sim.qvel.clone()
+        qvel[:, :6] += kick
+        self.sim.set_state_where(due, None, qvel)
+        self.push_timer.copy_(torch.where(due, self._uniform(p.interval_s, (N,)), self.push_timer))
 
     # ---- start sampling ----------------------------------------------------------------------------
     def start_distribution(self) -> torch.Tensor:
         "Probability of each 1 s bin of every clip as an episode start: failure-weighted with a uniform floor."
         u, K, total = float(self.c.sampling.uniform_floor), self.motion.num_bins, self.fail.sum()
-        weighted = self.fail / total if total > 0 else torch.full_like(self.fail, 1.0 / K)
+        weighted = torch.where(total > 0, self.fail / total.clamp_min(1e-30), 1.0 / K)    # no failures yet: uniform
         return u / K + (1 - u) * weighted
 
     def set_fixed_starts(self, clip: torch.Tensor | None, frame: torch.Tensor | None = None) -> None:
@@ -345,35 +365,49 @@ class TrackingEnv:
         frame = torch.zeros_like(clip) if frame is None else torch.as_tensor(frame, device=self.device).long()
         self.fixed_starts = (clip.expand(self.num_envs).clone(), frame.expand(self.num_envs).clone())
 
-    def _sample_starts(self, n: int, ids=None):
-        if self.fixed_starts is not None and ids is not None: return self.fixed_starts[0][ids], self.fixed_starts[1][ids]
-        k = torch.multinomial(self.start_distribution(), n, replacement=True, generator=self.gen)
+    def _sample_starts(self, n: int):
+        "(clip, frame) of `n` episode starts: the fixed starts if set (n = num_envs), else drawn from `start_distribution`."
+        if self.fixed_starts is not None: return self.fixed_starts
+        # inverse-CDF draw: torch.multinomial validates its input with a host sync on CUDA; searchsorted does not
+        cdf = self.start_distribution().cumsum(0)
+        u = torch.rand(n, generator=self.gen, device=self.device) * cdf[-1]
+        k = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
         off = (torch.rand(n, generator=self.gen, device=self.device) * self.motion.bin_frames[k]).long()
         return self.motion.bin_clip[k], self.motion.bin_start[k] + off
 
     # ---- reset -------------------------------------------------------------------------------------
     def reset(self, ids: torch.Tensor | None = None) -> TensorDict | None:
         "Start new episodes for `ids` (all envs if None, then returning the observation)."
-        all_envs = ids is None
-        ids = torch.arange(self.num_envs, device=self.device) if all_envs else ids
-        n, c = len(ids), self.c.reset
-        clip, frame = self._sample_starts(n, ids)
-        self.clip[ids], self.frame[ids], self.episode_step[ids] = clip, frame, 0
+        if ids is None:
+            self._reset_where(torch.ones(self.num_envs, dtype=torch.bool, device=self.device), every=True)
+            return self.observe()
+        mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        mask[torch.as_tensor(ids, device=self.device).long()] = True
+        self._reset_where(mask)
+
+    def _reset_where(self, mask: torch.Tensor, every: bool = False) -> None:
+        """New episodes for the envs where `mask` [N] is true: everything is drawn for all envs and written where the
+        mask is, so no index list (and no host sync) is needed. `every`: the mask is all true (full kinematics)."""
+        N, c, m = self.num_envs, self.c.reset, mask
+        clip, frame = self._sample_starts(N)
+        self.clip.copy_(torch.where(m, clip, self.clip)); self.frame.copy_(torch.where(m, frame, self.frame))
+        self.episode_step.masked_fill_(m, 0)
+        n = N
         qpos, qvel = self.motion.qpos(clip, frame).clone(), self.motion.qvel(clip, frame).clone()
-        qpos[:, :3] += uniform(c.root_pos, (n, 3), self.gen, self.device)
-        tilt = quat_from_rotvec(uniform(c.root_rot, (n, 3), self.gen, self.device))
+        qpos[:, :3] += self._uniform(c.root_pos, (n, 3))
+        tilt = quat_from_rotvec(self._uniform(c.root_rot, (n, 3)))
         qpos[:, 3:7] = quat_normalize(quat_mul(tilt, qpos[:, 3:7]))
-        qpos[:, 7:] = torch.clamp(qpos[:, 7:] + uniform(c.joint_pos, (n, 29), self.gen, self.device), self.joint_lower, self.joint_upper)
-        qvel[:, :3] += uniform(c.root_lin_vel, (n, 3), self.gen, self.device)
-        qvel[:, 3:6] += uniform(c.root_ang_vel, (n, 3), self.gen, self.device)
-        qvel[:, 6:] += uniform(c.joint_vel, (n, 29), self.gen, self.device)
-        self.sim.set_state(ids, qpos, qvel)
-        self._randomize_episode(ids)
-        self.last_action[ids], self.prev_action[ids] = 0.0, 0.0
-        self.target[ids] = self.default_joint_pos + self.joint_offset[ids]
-        for v in self.episode_sums.values(): v[ids] = 0.0
-        self._read_state(None if all_envs else ids)
-        return self.observe() if all_envs else None
+        qpos[:, 7:] = torch.clamp(qpos[:, 7:] + self._uniform(c.joint_pos, (n, 29)), self.joint_lower, self.joint_upper)
+        qvel[:, :3] += self._uniform(c.root_lin_vel, (n, 3))
+        qvel[:, 3:6] += self._uniform(c.root_ang_vel, (n, 3))
+        qvel[:, 6:] += self._uniform(c.joint_vel, (n, 29))
+        self.sim.set_state_where(m, qpos, qvel)
+        self._randomize_episode(m)
+        b = m[:, None]
+        self.last_action.masked_fill_(b, 0.0); self.prev_action.masked_fill_(b, 0.0)
+        self.target.copy_(torch.where(b, self.default_joint_pos + self.joint_offset, self.target))
+        for v in self.episode_sums.values(): v.masked_fill_(m, 0.0)
+        self._read_state(None if every else m)
 
     # ---- state ---------------------------------------------------------------------------------------
     @property
@@ -381,10 +415,10 @@ class TrackingEnv:
     @property
     def qvel(self): return self.sim.qvel
 
-    def _read_state(self, ids=None):
-        "Tracked bodies by forward kinematics (exact now) and forces from the sensors (the last substep)."
+    def _read_state(self, mask=None):
+        "Tracked bodies by forward kinematics (exact now) and forces from the sensors (the last substep); `mask`: only those envs."
         sd = self.sim.sensordata
-        if ids is None:
+        if mask is None:
             pos, quat, lin, ang = self.fk(self.sim.qpos, self.sim.qvel)
             t = self.tracked
             self.body_pos, self.body_quat, self.body_lin, self.body_ang = pos[:, t], quat[:, t], lin[:, t], ang[:, t]
@@ -392,10 +426,12 @@ class TrackingEnv:
         else:
             # after a reset only poses are observed; body velocities enter the rewards, which follow the next physics
             # step and its full FK, so they are zeroed here instead of computed
-            pos, quat, _, _ = self.fk(self.sim.qpos[ids])
-            t = self.tracked
-            self.body_pos[ids], self.body_quat[ids], self.body_lin[ids], self.body_ang[ids] = pos[:, t], quat[:, t], 0.0, 0.0
-            self.foot_force[ids], self.touch[ids] = -sd[ids][:, self.foot_sensor], sd[ids][:, self.touch_sensor]
+            pos, quat, _, _ = self.fk(self.sim.qpos)
+            t, m = self.tracked, mask.view(-1, 1, 1)
+            self.body_pos, self.body_quat = torch.where(m, pos[:, t], self.body_pos), torch.where(m, quat[:, t], self.body_quat)
+            self.body_lin, self.body_ang = self.body_lin.masked_fill(m, 0.0), self.body_ang.masked_fill(m, 0.0)
+            self.foot_force = torch.where(m, -sd[:, self.foot_sensor], self.foot_force)
+            self.touch = torch.where(mask[:, None], sd[:, self.touch_sensor], self.touch)
 
     # ---- actions -------------------------------------------------------------------------------------
     def _ctrl(self, action: torch.Tensor) -> torch.Tensor:
@@ -502,54 +538,76 @@ class TrackingEnv:
         truncated = ((self.episode_step >= self.max_steps) | (self.frame >= last)) & ~terminated
         self._record(reward, terms, body_err, why, failed, terminated, truncated, unstable)
         self.frame = torch.minimum(self.frame + 1, last)                       # advance the reference
-        done = (terminated | truncated).nonzero().squeeze(1)
-        cut = truncated.nonzero().squeeze(1)
-        final_rows = self.observe(cut) if len(cut) else None                   # kept to bootstrap truncated episodes
-        if len(done):
-            self.ended["qpos"][done], self.ended["qvel"][done] = self.sim.qpos[done], self.sim.qvel[done]
-            for k, v in self.episode_sums.items(): self.ended[k][done] = v[done]
-            self.reset(done)
+        done = terminated | truncated
+        # every env's observation before the resets: truncated episodes bootstrap from it. Computed for all envs
+        # (no index list, so no host sync); on a CPU this is the price of a sync-free step (~one more observe)
+        before = self.observe()
+        d = done[:, None]
+        self.ended["qpos"] = torch.where(d, self.sim.qpos, self.ended["qpos"])
+        self.ended["qvel"] = torch.where(d, self.sim.qvel, self.ended["qvel"])
+        for k, v in self.episode_sums.items(): self.ended[k] = torch.where(done, v, self.ended[k])
+        self._reset_where(done)
         obs = self.observe()                                                   # new episodes start with real observations
-        final = obs
-        if final_rows is not None:
-            final = obs.clone(); final[cut] = final_rows
+        cut = truncated[:, None]
+        final = TensorDict({g: torch.where(cut, before[g], obs[g]) for g in obs.keys()}, batch_size=[self.num_envs], device=self.device)
         return TensorDict({"obs": obs, "reward": reward, "terminated": terminated, "truncated": truncated,
                            "final_obs": final}, batch_size=[self.num_envs], device=self.device)
 
     # ---- bookkeeping for logs --------------------------------------------------------------------------------
-    def _add(self, key, value, count=1):
-        self.log[key] = self.log.get(key, 0.0) + float(value); self.log_count[key] = self.log_count.get(key, 0) + count
+    # Statistics stay on the device: each step adds one stacked vector of sums (and of counts) to two
+    # accumulators, and `pop_log` reads everything in one transfer per training iteration. Reading a
+    # float per term per step (`float(x)`, `.any()`) would stall a GPU pipeline ~20 times a step.
+    def _setup_log(self):
+        self._log_keys = ([f"reward/{k}" for k in REWARD_TERMS] + ["metrics/body_pos_error_m"] +
+                          ["episode/length_s", "episode/return", "episode/success", "episode/body_pos_error_m"] +
+                          [f"termination/{k}" for k in TERMINATIONS] + ["sim/unstable_envs"])
+        per_env = len(REWARD_TERMS) + 1                      # means over every env-step
+        per_episode = 4 + len(TERMINATIONS)                  # means over the episodes that ended
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self._count_const = torch.tensor([float(self.num_envs)] * per_env + [0.0] * per_episode + [1.0], **f64)
+        self._count_ended = torch.tensor([0.0] * per_env + [1.0] * per_episode + [0.0], **f64)
+        self._log_sum = torch.zeros(len(self._log_keys), **f64)
+        self._log_n = torch.zeros(len(self._log_keys), **f64)
+
+    @property
+    def log(self) -> dict:
+        "Sums recorded since the last `pop_log`, by key (reads the device: for tests and notebooks, not the hot loop)."
+        return dict(zip(self._log_keys, self._log_sum.tolist()))
 
     def _record(self, reward, terms, body_err, why, failed, terminated, truncated, unstable):
         s = self.episode_sums
         for k, v in terms.items(): s[k] += v
         s["return"] += reward; s["body_pos_error"] += body_err
-        for k, v in terms.items(): self._add(f"reward/{k}", v.sum(), self.num_envs)
-        self._add("metrics/body_pos_error_m", body_err.sum(), self.num_envs)
         self.fail.mul_(float(self.c.sampling.failure_decay))
-        if failed.any(): self.fail.index_add_(0, self.motion.bin_index(self.clip[failed], self.frame[failed]), torch.ones_like(self.fail[:1]).expand(int(failed.sum())))
-        ended = terminated | truncated
-        n = int(ended.sum())
-        if n:
-            steps = self.episode_step[ended].float()
-            self._add("episode/length_s", steps.sum() * self.dt, n)
-            self._add("episode/return", s["return"][ended].sum(), n)
-            self._add("episode/success", truncated[ended].sum(), n)
-            self._add("episode/body_pos_error_m", (s["body_pos_error"][ended] / steps).sum(), n)
-            for k, v in why.items(): self._add(f"termination/{k}", (v & ended).sum(), n)
-        if unstable.any():
-            self.unstable_total += int(unstable.sum()); self._add("sim/unstable_envs", unstable.sum(), 1)
+        self.fail.index_add_(0, self.motion.bin_index(self.clip, self.frame), failed.to(self.fail.dtype))   # every env, weight 0 or 1
+        ended = (terminated | truncated).to(torch.float32)
+        steps = self.episode_step.float()
+        sums = ([terms[k].sum() for k in REWARD_TERMS] + [body_err.sum()] +
+                [(steps * ended).sum() * self.dt, (s["return"] * ended).sum(), (truncated.float() * ended).sum(),
+                 (s["body_pos_error"] / steps.clamp_min(1) * ended).sum()] +
+                [(why[k].float() * ended).sum() for k in TERMINATIONS] + [unstable.float().sum()])
+        self._log_sum += torch.stack(sums)
+        self._log_n += self._count_const + ended.sum() * self._count_ended
+        self.unstable_total += unstable.sum()
 
     def pop_log(self) -> dict:
-        "Means of everything recorded since the last call, plus the start-sampling statistics; then clears."
-        out = {k: v / max(self.log_count[k], 1) for k, v in self.log.items()}
+        """Means of everything recorded since the last call (episode keys only if an episode ended), the start-sampling
+        statistics and the simulator's counters (`sim/...`, e.g. Warp overflow); then clears. One device read."""
         p = self.start_distribution()
-        out["sampling/entropy"] = float(-(p * p.log()).sum() / math.log(len(p))) if len(p) > 1 else 1.0
-        out["sampling/top_bin_prob"] = float(p.max())
-        k = int(p.argmax())
-        out["sampling/top_bin"] = f"{self.motion.clip_names[int(self.motion.bin_clip[k])]}@{int(self.motion.bin_start[k]) * self.dt:.0f}s"
-        out["sim/unstable_total"] = self.unstable_total
-        self.log, self.log_count = {}, {}
+        k = p.argmax()
+        entropy = -(p * p.log()).sum() / math.log(len(p)) if len(p) > 1 else torch.ones((), device=self.device)
+        counters = self.sim.counters()
+        pick = lambda x: x.index_select(0, k.view(1)).squeeze(0)
+        head = [entropy, p.max(), pick(self.motion.bin_clip), pick(self.motion.bin_start), self.unstable_total, *counters.values()]
+        vals = torch.cat([self._log_sum, self._log_n, torch.stack([x.to(torch.float64) for x in head])]).tolist()
+        K = len(self._log_keys)
+        out = {key: s / n for key, s, n in zip(self._log_keys, vals[:K], vals[K:2 * K]) if n > 0}
+        entropy, top_p, clip, start, unstable_total, *counts = vals[2 * K:]
+        out["sampling/entropy"], out["sampling/top_bin_prob"] = entropy, top_p
+        out["sampling/top_bin"] = f"{self.motion.clip_names[int(clip)]}@{int(start) * self.dt:.0f}s"
+        out["sim/unstable_total"] = int(unstable_total)
+        out.update({f"sim/{name}": int(v) for name, v in zip(counters, counts) if name != "unstable_total"})
+        self._log_sum.zero_(); self._log_n.zero_()
         return out
 
     # ---- checkpointing ---------------------------------------------------------------------------------------
@@ -558,7 +616,7 @@ class TrackingEnv:
         keys = ("clip", "frame", "episode_step", "last_action", "prev_action", "target", "joint_offset",
                 "action_delay", "push_timer", "fail")
         return dict(sim=self.sim.state_dict(), gen=self.gen.get_state(), params=dict(self.params),
-                    episode_sums=dict(self.episode_sums), unstable_total=self.unstable_total,
+                    episode_sums=dict(self.episode_sums), unstable_total=self.unstable_total.cpu().clone(),
                     **{k: getattr(self, k).clone() for k in keys})
 
     def load_state_dict(self, sd: dict) -> None:
@@ -571,7 +629,7 @@ class TrackingEnv:
             getattr(self, k).copy_(v.to(self.device))
         self.params = {k: v.to(self.device) for k, v in sd["params"].items()}
         self.episode_sums = {k: v.to(self.device) for k, v in sd["episode_sums"].items()}
-        self.unstable_total = sd["unstable_total"]
+        self.unstable_total = torch.as_tensor(sd["unstable_total"], dtype=torch.int64).to(self.device).clone()
         self._read_state()
 
     def close(self): self.sim.close()

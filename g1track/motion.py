@@ -334,6 +334,8 @@ def save_clip(clip: Clip, path) -> pathlib.Path:
                      source=np.array(clip.source), fps=np.array(float(clip.fps)),
                      joint_names=np.array(clip.joint_names), body_names=np.array(clip.body_names),
                      qpos=np.asarray(clip.qpos, np.float64), qvel=np.asarray(clip.qvel, np.float32),
+                     # the keys mjlab's and BeyondMimic's motion loaders read (joint_pos/joint_vel [T, 29]; bodies below)
+                     joint_pos=np.asarray(clip.joint_pos, np.float32), joint_vel=np.asarray(clip.joint_vel, np.float32),
                      **{k: np.asarray(getattr(clip, k), np.float32)
                         for k in ("body_pos_w", "body_quat_w", "body_lin_vel_w", "body_ang_vel_w")})
             f.flush(); os.fsync(f.fileno())

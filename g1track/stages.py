@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict
 from omegaconf import DictConfig
 from .modules import TrackingPolicy
-from .ppo import PPO, RolloutStorage, entropy_schedule, world_size, is_rank_zero
+from .ppo import PPO, RolloutStorage, entropy_schedule, world_size, is_rank_zero, truncation_values
 
 # %% ../nbs/06_stages.ipynb #22a2e661
 @dataclass(frozen=True)
@@ -103,11 +103,7 @@ class StageRunner:
         for _ in range(self.T):
             action, log_prob, value = pol.act(obs, actor, update_stats=update, with_value=needs_value)
             out = env.step(action)
-            boot = None
-            if needs_value:
-                cut = (out["truncated"] & ~out["terminated"]).nonzero().squeeze(-1)
-                if cut.numel():
-                    boot = torch.zeros_like(out["reward"]); boot[cut] = pol.value(out["final_obs"][cut])
+            boot = truncation_values(pol, out) if needs_value else None       # sync-free: computed for every env
             st.add(obs, action, log_prob, value if value is not None else torch.zeros_like(out["reward"]),
                    out["reward"], out["terminated"], out["truncated"], boot)
             obs = out["obs"]

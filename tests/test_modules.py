@@ -97,6 +97,46 @@ def test_initial_actor_is_nearly_state_independent():
     assert mean.abs().max() < 0.2 and torch.allclose(actor.dist(torch.randn(1, 10)).stddev, torch.full((1, 29), 0.7))
 
 
+def test_normalizer_ignores_non_finite_rows():
+    g = torch.Generator().manual_seed(2)
+    data = torch.randn(200, 3, generator=g) * 3 + 1
+    data[5, 1], data[17, 0], data[150, 2] = float("nan"), float("inf"), -float("inf")
+    nz = Normalizer(3)
+    nz.update(data[:10]); nz.update(data[10:]); nz.sync_()
+    keep = data.isfinite().all(-1)
+    var, mean = torch.var_mean(data[keep].double(), 0, correction=0)
+    assert nz.count == 197
+    torch.testing.assert_close(nz.mean, mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(nz.var, var, rtol=1e-10, atol=0)
+    before = {k: v.clone() for k, v in nz.state_dict().items()}
+    nz.update(torch.full((4, 3), float("nan"))); nz.sync_()                     # nothing finite: nothing changes
+    assert all(torch.equal(before[k], v) for k, v in nz.state_dict().items())
+    fresh = Normalizer(3); fresh.update(torch.full((4, 3), float("nan"))); fresh.sync_()
+    assert fresh.count == 0 and fresh.var.eq(1).all() and fresh.mean.eq(0).all()
+
+
+class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    "Counts the ops that make a device->host synchronization: reading a scalar and nonzero()."
+    def __init__(self):
+        super().__init__(); self.ops = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default): self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_policy_act_and_the_normalizer_make_no_host_sync(policy):
+    with HostSyncs() as control: bool(torch.zeros(()) == 0)                  # the counter does see a sync
+    assert len(control.ops) == 1
+    with HostSyncs() as syncs:
+        for seed in range(3): policy.act(make_obs(16, seed=seed), "teacher", update_stats=True)
+        policy.sync_normalizers_()
+        policy.act(make_obs(16, seed=5), "student", update_stats=True)
+    assert syncs.ops == [] and policy.normalizers["policy"].count == 48
+    loaded = TrackingPolicy(DIMS, 29, policy_cfg(*SMALL)); loaded.load_state_dict(policy.state_dict())
+    with HostSyncs() as syncs: loaded.act(make_obs(16), "teacher", update_stats=True)
+    assert syncs.ops == [] and loaded.normalizers["policy"].count == 48          # loaded statistics are not "fresh"
+
+
 def test_shapes_for_rollout_and_storage_batches(policy):
     a, logp, v = policy.act(make_obs(17), "teacher")
     assert a.shape == (17, 29) and logp.shape == v.shape == (17,) and not a.requires_grad

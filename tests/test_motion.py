@@ -386,3 +386,37 @@ def test_inspect_reports_penetration(g1):
     sunk = Clip(**{**clip.__dict__, "body_pos_w": clip.body_pos_w - np.array([0, 0, 0.03])})
     r = inspect_clip(sunk, g1)
     assert r["penetration_frames"] == clip.num_frames and r["lowest_sole"] == pytest.approx(-0.03)
+
+
+# --- interoperability: the canonical npz is also an mjlab / BeyondMimic motion file --------------------
+
+def test_converted_clip_loads_the_way_mjlab_and_beyondmimic_loaders_do(tmp_path, g1):
+    "Their MotionLoader: np.load, float32 tensors of the seven keys, bodies picked by the robot's body indices, root first."
+    assert main(["convert", "builtin:squat", str(tmp_path / "squat.npz")]) == 0
+    clip = load_motion("builtin:squat", g1=g1)
+    data = np.load(tmp_path / "squat.npz")
+    fps = float(np.asarray(data["fps"]).reshape(-1)[0])
+    t = {k: torch.tensor(data[k], dtype=torch.float32) for k in
+         ("joint_pos", "joint_vel", "body_pos_w", "body_quat_w", "body_lin_vel_w", "body_ang_vel_w")}
+    T, B = clip.num_frames, len(g1.body_names)
+    assert fps == 50.0 and t["joint_pos"].shape == t["joint_vel"].shape == (T, 29)
+    assert t["body_pos_w"].shape == t["body_lin_vel_w"].shape == t["body_ang_vel_w"].shape == (T, B, 3)
+    assert t["body_quat_w"].shape == (T, B, 4)
+    # joints in the model's (= mjlab's G1) order; the loaders' time_step k is frame k
+    np.testing.assert_allclose(t["joint_pos"].numpy(), clip.qpos[:, 7:], atol=1e-6)
+    np.testing.assert_allclose(t["joint_vel"].numpy(), clip.qvel[:, 6:], atol=1e-5)
+    # body_indexes = robot.find_bodies(names): the model's body order without the world, root (pelvis) first
+    names = ["pelvis", "torso_link", "left_ankle_roll_link", "right_wrist_yaw_link"]
+    idx = torch.tensor([list(g1.body_names).index(n) for n in names])
+    assert g1.body_names[0] == "pelvis"
+    np.testing.assert_allclose(t["body_pos_w"][:, idx[0]].numpy(), clip.qpos[:, :3], atol=1e-5)
+    np.testing.assert_allclose(t["body_quat_w"][:, idx[0]].numpy(), clip.qpos[:, 3:7], atol=1e-5)        # w x y z
+    np.testing.assert_allclose(t["body_pos_w"][:, idx].numpy(), clip.body_pos_w[:, idx.numpy()], atol=1e-5)
+    # velocities in the world frame: the root's world linear velocity is qvel[:3]; its angular velocity is qvel[3:6]
+    # (pelvis frame) rotated into the world
+    np.testing.assert_allclose(t["body_lin_vel_w"][:, 0].numpy(), clip.qvel[:, :3], atol=1e-4)
+    w_world = quat_apply(torch.as_tensor(clip.qpos[:, 3:7]), torch.as_tensor(clip.qvel[:, 3:6])).numpy()
+    np.testing.assert_allclose(t["body_ang_vel_w"][:, 0].numpy(), w_world, atol=1e-4)
+    # and g1track still reads its own file as canonical (not as a BeyondMimic npz)
+    back = load_motion(tmp_path / "squat.npz", g1=g1)
+    assert np.array_equal(back.qpos, clip.qpos) and back.source == clip.source

@@ -1,4 +1,5 @@
 """GAE, rollout storage, PPO and adaptation updates, frozen networks, symmetry and a 2-rank gloo run (g1track.ppo)."""
+import math
 import os
 import time
 
@@ -230,7 +231,8 @@ def _ddp_worker(rank, world, init_file, out_dir):
         pol = TrackingPolicy(env.obs_dims, env.action_dim, policy_cfg(*TOY_POLICY))
         broadcast_module_(pol)
         init = [p.detach().clone() for p in pol.parameters()]
-        cfg = algo_cfg("algo.train_every=8", "algo.ppo_epochs=2", "algo.num_minibatches=4", "algo.symmetry=true")
+        cfg = algo_cfg("algo.train_every=8", "algo.ppo_epochs=2", "algo.num_minibatches=4", "algo.symmetry=true",
+                       "algo.lr_schedule=adaptive")   # every rank must pick the same lr from its own data
         storage = RolloutStorage(cfg.train_every, env.N, env.obs_dims, env.action_dim)
         ppo = PPO(pol, cfg, generator=torch.Generator().manual_seed(rank))
         obs = collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
@@ -257,6 +259,7 @@ def test_two_ranks_stay_identical_and_share_normalizer_statistics(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))          # identical after the updates
     assert not all(torch.equal(a, b) for a, b in zip(r0["init"], r0["params"]))        # ... and they did learn
     assert r0["logs"] == r1["logs"]                                                    # logs are rank means
+    assert r0["logs"]["ppo/lr"] != pytest.approx(5e-4)                                 # the adaptive lr moved, alike
     for group in ("policy", "priv", "critic_priv"):
         data = torch.cat([r["obs"][group].reshape(-1, r["obs"][group].shape[-1]) for r in (r0, r1)]).double()
         var, mean = torch.var_mean(data, 0, correction=0)
@@ -266,3 +269,186 @@ def test_two_ranks_stay_identical_and_share_normalizer_statistics(tmp_path):
             torch.testing.assert_close(n[f"{group}.mean"], mean, atol=1e-9, rtol=0)
             torch.testing.assert_close(n[f"{group}.var"], var, atol=1e-9, rtol=1e-9)
         assert torch.equal(r0["norm"][f"{group}.mean"], r1["norm"][f"{group}.mean"])
+
+
+# ---- the KL-targeted adaptive learning rate ----
+
+TEACHER_NETS = ["actor_teacher", "encoder_priv", "critic"]
+
+
+@pytest.mark.parametrize("desired_kl", [1e-9, 1e3])
+def test_adaptive_lr_goes_down_when_the_kl_is_above_target_and_up_below(desired_kl):
+    env, pol, cfg, storage = small_setup(lr_schedule="adaptive", desired_kl=desired_kl, ppo_epochs=2, num_minibatches=2)
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    lr0 = float(ppo.lr)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert logs["ppo/lr"] == pytest.approx(float(ppo.lr)) and logs["ppo/kl"] >= 0
+    if desired_kl < 1:   # the first minibatch sees KL 0 (x1.5), the other three a KL far above 2e-9 (/1.5 each)
+        assert float(ppo.lr) == pytest.approx(lr0 / 1.5 ** 2, rel=1e-5)
+    else:                # every minibatch is far below the target: x1.5 four times
+        assert float(ppo.lr) == pytest.approx(lr0 * 1.5 ** 4, rel=1e-5)
+    # the PPO-trained optimizers use the schedule's lr; adapt_module's MSE keeps algo.lr
+    assert float(ppo.optimizers["critic"].param_groups[0]["lr"]) == pytest.approx(float(ppo.lr))
+    assert ppo.optimizers["adapt_module"].param_groups[0]["lr"] == cfg.lr
+
+
+def test_adaptive_lr_stays_within_its_bounds_and_fixed_never_moves():
+    env, pol, cfg, storage = small_setup(lr_schedule="adaptive", desired_kl=1e3, lr_bounds="[1e-4,6e-4]")
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert float(ppo.lr) == pytest.approx(6e-4)
+    env, pol, cfg, storage = small_setup(desired_kl=1e-9)                       # lr_schedule=fixed (the default)
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert ppo.lr == torch.tensor(cfg.lr) and logs["ppo/lr"] == pytest.approx(cfg.lr) and "ppo/kl" not in logs
+    with pytest.raises(ValueError, match="lr_schedule"):
+        PPO(pol, algo_cfg("algo.lr_schedule=cosine"))
+
+
+def test_the_adaptive_lr_holds_still_while_only_the_critic_learns():
+    "Finetune's critic warm-up: the actor does not change, its KL stays 0, which must not drive the critic's rate up."
+    env, pol, cfg, storage = small_setup(lr_schedule="adaptive", desired_kl=0.01)
+    pol.set_trainable(["critic"])
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "student", update_stats=True)
+    logs = ppo.ppo_update(storage, "student", ["critic"], 0.0)
+    assert float(ppo.lr) == pytest.approx(cfg.lr) and "ppo/kl" not in logs
+
+
+def test_the_adaptive_lr_is_saved_and_restored():
+    env, pol, cfg, storage = small_setup(lr_schedule="adaptive", desired_kl=1e3)
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    state = ppo.state_dict()
+    assert state["lr"] == float(ppo.lr) != cfg.lr
+    again = PPO(pol, cfg); again.load_state_dict(state)
+    assert float(again.lr) == state["lr"]                                        # adaptive: resumes where it was
+    assert float(again.optimizers["critic"].param_groups[0]["lr"]) == state["lr"]
+    fixed = PPO(pol, algo_cfg(stage="finetune")); fixed.load_state_dict(state)
+    assert float(fixed.lr) == pytest.approx(1e-4)                                # fixed: the stage's lr
+
+
+def test_the_adaptive_lr_follows_the_kl_averaged_over_ranks(monkeypatch):
+    import g1track.ppo as ppo_module
+    env, pol, cfg, storage = small_setup(lr_schedule="adaptive", desired_kl=0.01, ppo_epochs=1, num_minibatches=2)
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    lr0 = float(ppo.lr)
+    def other_rank_far_off(x):        # the gradient all-reduce (gradients, loss, KL last): the mean KL is large
+        if x.numel() > 1000: x[-1] = 1.0
+        return x
+    monkeypatch.setattr(ppo_module, "all_reduce_mean_", other_rank_far_off)
+    ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert float(ppo.lr) == pytest.approx(lr0 / 1.5 ** 2, rel=1e-5)        # this rank's own KL (0 at first) would raise it
+
+
+def test_gaussian_kl_matches_torch():
+    from g1track.ppo import gaussian_kl
+    g = torch.Generator().manual_seed(0)
+    m0, m1, s0, s1 = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g), torch.randn(3, generator=g), torch.randn(3, generator=g)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(m0, s0.exp()), torch.distributions.Normal(m1, s1.exp())).sum(-1)
+    torch.testing.assert_close(gaussian_kl(m0, s0.expand(5, 3), m1, s1.expand(5, 3)), ref)
+
+
+# ---- NaN guards ----
+
+def params_finite(pol):
+    return all(p.isfinite().all() for p in pol.parameters())
+
+
+def test_a_non_finite_loss_skips_the_update_and_training_goes_on():
+    env, pol, cfg, storage = small_setup(ppo_epochs=2, num_minibatches=2)
+    ppo = PPO(pol, cfg)
+    obs = collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    storage.data["rewards"][3, 5] = float("nan")                # poisons every advantage through the normalization
+    snap = snapshot(pol)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert logs["ppo/skipped_updates"] == 4 and changed(pol, snap) == set() and params_finite(pol)
+    assert all(float(s["step"]) == 0 for s in ppo.optimizers["critic"].state.values())   # Adam did not count them
+    collect_rollout(env, pol, storage, obs, "teacher", update_stats=True)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert logs["ppo/skipped_updates"] == 0 and changed(pol, snap) == set(TEACHER_NETS) and params_finite(pol)
+
+
+def test_a_non_finite_gradient_skips_the_update_and_training_goes_on():
+    env, pol, cfg, storage = small_setup(ppo_epochs=1, num_minibatches=2)
+    ppo = PPO(pol, cfg)
+    obs = collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    hook = pol.critic[0].weight.register_hook(lambda g: g * float("inf"))  # finite loss, infinite gradient
+    snap = snapshot(pol)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert logs["ppo/skipped_updates"] == 2 and changed(pol, snap) == set() and params_finite(pol)
+    assert logs["ppo/policy_loss"] == logs["ppo/policy_loss"]                  # the loss itself was finite
+    hook.remove()
+    collect_rollout(env, pol, storage, obs, "teacher", update_stats=True)
+    logs = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+    assert logs["ppo/skipped_updates"] == 0 and changed(pol, snap) == set(TEACHER_NETS) and params_finite(pol)
+    # the adaptation update has the same guard
+    hook = pol.adapt_module[0].weight.register_hook(lambda g: g * float("nan"))
+    pol.set_trainable(["adapt_module"])
+    before = [p.detach().clone() for p in pol.adapt_module.parameters()]
+    assert ppo.adapt_update(storage)["adapt/skipped_updates"] == 2 * cfg.num_minibatches
+    assert all(torch.equal(a, b) for a, b in zip(before, pol.adapt_module.parameters()))
+    hook.remove()
+
+
+def test_log_std_stays_within_its_bounds():
+    env, pol, cfg, storage = small_setup(ppo_epochs=2, num_minibatches=2, lr=0.5)
+    lo, hi = pol.actor_teacher.log_std_bounds
+    with torch.no_grad(): pol.actor_teacher.log_std.fill_(hi + 3)              # e.g. a corrupted checkpoint
+    assert torch.allclose(pol.actor_teacher.std(), torch.full((2,), math.exp(hi)))
+    ppo = PPO(pol, cfg)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    ppo.ppo_update(storage, "teacher", TEACHER_NETS, entropy_coef=100.0)        # a huge entropy bonus pushes the std up
+    ls = pol.actor_teacher.log_std
+    assert ls.isfinite().all() and (ls <= hi).all() and (ls >= lo).all()
+    ppo.ppo_update(storage, "teacher", TEACHER_NETS, entropy_coef=-100.0)       # ... and a negative one down
+    assert (pol.actor_teacher.log_std >= lo).all() and params_finite(pol)
+    with pytest.raises(ValueError, match="log_std_bounds"):
+        TrackingPolicy(env.obs_dims, env.action_dim, policy_cfg(*TOY_POLICY, "policy.log_std_bounds=[-1,-0.5]"))
+
+
+def _poison_worker(rank, world, init_file, out_dir):
+    "Rank 1's rollout holds a NaN reward: both ranks must skip the same updates and stay identical."
+    import torch.distributed as dist
+    from g1track.ppo import broadcast_module_
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        env = ToyReach(32, seed=10 + rank)
+        pol = TrackingPolicy(env.obs_dims, env.action_dim, policy_cfg(*TOY_POLICY))
+        broadcast_module_(pol)
+        cfg = algo_cfg("algo.train_every=8", "algo.ppo_epochs=1", "algo.num_minibatches=2")
+        storage = RolloutStorage(cfg.train_every, env.N, env.obs_dims, env.action_dim)
+        ppo = PPO(pol, cfg, generator=torch.Generator().manual_seed(rank))
+        obs = collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+        if rank == 1: storage.data["rewards"][2, 3] = float("inf")
+        init = [p.detach().clone() for p in pol.parameters()]
+        first = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+        after_fault = [p.detach().clone() for p in pol.parameters()]
+        collect_rollout(env, pol, storage, obs, "teacher", update_stats=True)
+        second = ppo.ppo_update(storage, "teacher", TEACHER_NETS, 0.01)
+        torch.save({"init": init, "after_fault": after_fault, "params": [p.detach() for p in pol.parameters()],
+                    "skipped": [first["ppo/skipped_updates"], second["ppo/skipped_updates"]]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_fault_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    ctx = mp.start_processes(_poison_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes: p.kill()
+            pytest.fail("the 2-rank run did not finish in 120 s")
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    assert r0["skipped"] == r1["skipped"] == [2, 0]
+    for r in (r0, r1): assert all(torch.equal(a, b) for a, b in zip(r["init"], r["after_fault"]))
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
+    assert all(p.isfinite().all() for p in r0["params"]) and not all(torch.equal(a, b) for a, b in zip(r0["init"], r0["params"]))

@@ -216,6 +216,41 @@ def test_contact_buffers_cover_the_robot_lying_on_the_floor(g1_physics):
     nconmax, njmax = contact_capacity(sim_model(g1_physics))
     assert nconmax >= 2 * 31 + 2                           # 31 capsules and 2 spheres can touch the floor
     assert njmax >= 4 * 64 + 29                            # pyramidal condim-3 contacts and 29 joint limits
+    assert njmax >= 4 * nconmax + 29                       # every contact slot, self-contacts included, has its rows
+
+
+def test_solver_settings_come_from_the_config_on_both_engines(g1_physics):
+    cfg = sim_cfg(**{"solver.iterations": 7, "solver.ls_iterations": 9, "solver.tolerance": 1e-6})
+    sim = make_sim(g1_physics, 2, backend="mujoco", cfg=cfg)
+    assert (sim.model.opt.iterations, sim.model.opt.ls_iterations, sim.model.opt.tolerance) == (7, 9, 1e-6)
+    assert all(m.opt.iterations == 7 for m in sim._models)
+    sim.close()
+    default = sim_cfg().solver
+    assert sim_model(g1_physics).opt.iterations == default.iterations != g1_physics.model.opt.iterations
+    with pytest.raises(SimConfigError, match="sim.solver"):
+        make_sim(g1_physics, 2, backend="mujoco", cfg=sim_cfg(**{"solver.iterations": 0}))
+    pytest.importorskip("mujoco_warp")
+    w = make_sim(g1_physics, 2, backend="warp", device="cpu", cfg=cfg)
+    assert (w._wm.opt.iterations, w._wm.opt.ls_iterations) == (7, 9)
+    w.close()
+
+
+def test_warp_contact_pool_overflow_resets_every_world_and_is_counted(g1_physics):
+    "A pool too small for the contacts of standing robots drops contacts; any world may have lost some: all reset."
+    pytest.importorskip("mujoco_warp")
+    g1 = g1_physics
+    sim = make_sim(g1, 3, backend="warp", device="cpu", cfg=sim_cfg(**{"warp.nconmax": 2}))
+    sim.set_state([0, 1, 2], torch.tensor(g1.default_qpos).repeat(3, 1), torch.zeros(3, 35))
+    sim.step(torch.tensor(g1.default_joint_pos).repeat(3, 1))
+    c = sim.counters()
+    assert sim.unstable.all() and int(c["overflow_contact"]) == 3 and int(c["overflow_constraint"]) == 0
+    assert sim.overflow_total == 3 and sim.unstable_total == 3
+    torch.testing.assert_close(sim.qpos, torch.tensor(g1.default_qpos, dtype=torch.float32).repeat(3, 1))
+    sd = sim.state_dict()
+    other = make_sim(g1, 3, backend="warp", device="cpu")
+    other.load_state_dict(sd)                              # the counters travel with the checkpoint
+    assert int(other.counters()["overflow_contact"]) == 3
+    sim.close(); other.close()
 
 
 def test_bad_configuration_fails_at_construction(g1_physics, monkeypatch):
@@ -231,7 +266,8 @@ def test_bad_configuration_fails_at_construction(g1_physics, monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco_warp", None)      # as if the package were not installed
     with pytest.raises(SimConfigError, match="needs the mujoco_warp package"):
         make_sim(g1_physics, 2, backend="warp", device="cpu")
-    assert resolve_backend("auto", "auto")[0] == "mujoco"      # auto falls back to the CPU engine
+    if not torch.cuda.is_available():
+        assert resolve_backend("auto", "auto")[0] == "mujoco"  # no GPU: auto is the CPU engine
     with pytest.raises(KeyError, match="unknown sim config key"):
         sim_cfg(**{"warp.ncon": 3})
 
@@ -261,4 +297,5 @@ def test_warp_constraint_overflow_resets_and_counts(g1_physics):
     sim.step(torch.tensor(g1.default_joint_pos).repeat(2, 1))
     assert sim.unstable.tolist() == [True, False]           # 14 foot capsules on the floor need ~100 rows
     assert sim.overflow_total == 1 and sim.unstable_total == 1
+    assert int(sim.counters()["overflow_constraint"]) == 1 and int(sim.counters()["overflow_contact"]) == 0
     sim.close()

@@ -1,11 +1,12 @@
 """The three stages and training runs: what trains and what stays frozen, ranks, resume, run resolution, errors."""
-import os, subprocess, sys, pathlib
+import os, subprocess, sys, pathlib, types
 import pytest
 import torch
 
 from g1track.config import compose
 from g1track.stages import STAGES, stage_table
-from g1track.train import (CheckpointError, load_checkpoint, resolve_checkpoint, train)
+from g1track.train import (CheckpointError, _load_env_state, env_state_file, load_checkpoint, resolve_checkpoint,
+                           restore_rng_states, rng_states, train)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["task.num_envs=8", "algo.train_every=8", "algo.num_minibatches=2", "algo.ppo_epochs=2", "task.motions=[builtin:squat]",
@@ -132,20 +133,34 @@ def test_stopping_and_resuming_gives_the_same_next_update(tmp_path):
     assert any(not torch.equal(a[k], other["policy"].state_dict()[k]) for k in a)
 
 
-def test_two_torchrun_ranks_end_with_identical_parameters(tmp_path):
+def torchrun(out, *overrides, port=29533):
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    overrides = ["+exp=train", f"run_dir={tmp_path}", "wandb.id=ddp", f"total_frames={2 * 2 * FRAMES_PER_IT}", *TINY[:-2],
-                 "wandb.mode=disabled", "progress=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(ROOT / "tests/scripts/torchrun_train.py"), str(tmp_path), *overrides]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(ROOT / "tests/scripts/torchrun_train.py"), str(out), *overrides]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks=2" in r.stdout
-    p0, p1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    for k in p0: assert torch.equal(p0[k], p1[k]), k
+    return [torch.load(out / f"rank{i}.pt") for i in range(2)]
+
+
+def test_two_torchrun_ranks_end_with_identical_parameters_and_share_one_run(tmp_path):
+    "Without wandb.id, rank 0 chooses the run id: both ranks' environment states land in one folder, and a resume finds them."
+    common = ["+exp=train", f"run_dir={tmp_path}", *TINY[:-2], "wandb.mode=disabled", "progress=false"]
+    r0, r1 = torchrun(tmp_path / "out1", *common, f"total_frames={2 * 2 * FRAMES_PER_IT}")
+    for k in r0["params"]: assert torch.equal(r0["params"][k], r1["params"][k]), k
+    p0 = r0["params"]
     assert any("normalizers" in k and p0[k].abs().sum() > 0 for k in p0)      # statistics were gathered ...
-    assert load_checkpoint(tmp_path / "g1track/ddp/checkpoints/latest.pt")["world_size"] == 2
-    assert list((tmp_path / "g1track/ddp/checkpoints").glob("ckpt_*.env1.pt"))   # ... and each rank saved its envs
+    assert r0["run_id"] == r1["run_id"]
+    runs = list((tmp_path / "g1track").iterdir())
+    assert runs == [tmp_path / "g1track" / r0["run_id"]], runs                # one run folder, not one per rank
+    ckpts = runs[0] / "checkpoints"
+    assert load_checkpoint(ckpts / "latest.pt")["world_size"] == 2
+    assert sorted(p.name for p in ckpts.glob("ckpt_*.env*.pt")) == ["ckpt_000002.env0.pt", "ckpt_000002.env1.pt"]
+    # ... and each rank saved its envs; resuming (again without wandb.id) finds both
+    s0, s1 = torchrun(tmp_path / "out2", *common, f"total_frames={3 * 2 * FRAMES_PER_IT}", f"checkpoint_path={runs[0]}")
+    assert s0["resumed_env"] and s1["resumed_env"] and s0["run_id"] == s1["run_id"] != r0["run_id"]
+    for k in s0["params"]: assert torch.equal(s0["params"][k], s1["params"][k]), k
 
 
 def test_cli_reports_bad_checkpoints_in_one_line(tmp_path):
@@ -155,3 +170,122 @@ def test_cli_reports_bad_checkpoints_in_one_line(tmp_path):
     assert r.stderr.strip().startswith("error: no checkpoint for run g1track/missing") and r.stderr.strip().count("\n") == 0
     r = subprocess.run([sys.executable, "-m", "g1track.train", f"run_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "+exp=train" in r.stderr
+
+
+def test_resume_with_the_adaptive_lr_continues_from_the_saved_lr(tmp_path):
+    det = ("deterministic=true", "save_every=1", "wandb.mode=disabled", "algo.lr_schedule=adaptive", "algo.desired_kl=1e-6")
+    full = run_stage(tmp_path, "train", "full", 3, *det)
+    ck2 = load_checkpoint(tmp_path / "g1track/full/checkpoints/ckpt_000002.pt")
+    assert ck2["optimizer"]["lr"] != 5e-4                                       # the schedule moved it
+    resumed = run_stage(tmp_path, "train", "resumed", 3, *det, ckpt=tmp_path / "g1track/full/checkpoints/ckpt_000002.pt")
+    a, b = full["policy"].state_dict(), resumed["policy"].state_dict()
+    for k in a: assert torch.equal(a[k], b[k]), k
+    assert full["logs"]["ppo/lr"] == resumed["logs"]["ppo/lr"]
+
+
+# ---- ready for a GPU: what can be proven on the CPU ----
+
+class _EnvOnAnotherDevice:
+    "Stands in for an env whose tensors live on a device that generator states may not (as a GPU)."
+    def __init__(self, num_envs):
+        self.device, self.num_envs = torch.device("meta"), num_envs
+    def load_state_dict(self, sd):
+        torch.Generator().set_state(sd["gen"])          # a generator state must be a CPU ByteTensor
+        self.loaded = sd
+
+
+def test_env_state_and_rng_load_to_the_cpu_whatever_the_env_device(tmp_path):
+    path = tmp_path / "ckpt_000001.pt"
+    rng = rng_states("cpu")
+    torch.save(dict(env=dict(clip=torch.zeros(4, dtype=torch.long), gen=torch.Generator().manual_seed(3).get_state()),
+                    obs=torch.ones(4, 3), **rng), env_state_file(path, 1, 0))
+    expected = torch.rand(5)                             # what the restored CPU generator must draw next
+    env, runner = _EnvOnAnotherDevice(4), types.SimpleNamespace(obs=None)
+    assert _load_env_state(path, 1, 0, env, runner)      # map_location=env.device made set_state refuse the states
+    assert runner.obs.device == env.device               # the rollout observation moved explicitly
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_the_cuda_rng_state_is_saved_and_restored(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append((state, device)))
+    st = rng_states("cuda:1")
+    assert torch.equal(st["cuda_rng"], torch.arange(16, dtype=torch.uint8)) and rng_states("cpu")["cuda_rng"] is None
+    restore_rng_states(st, "cuda:1")
+    assert len(calls) == 1 and calls[0][0].device.type == "cpu" and torch.device(calls[0][1]) == torch.device("cuda:1")
+    restore_rng_states(st, "cpu")                        # a CPU run leaves the CUDA generator alone
+    assert len(calls) == 1
+
+
+def test_auto_backend_on_a_gpu_machine_without_mujoco_warp_fails_in_one_sentence(monkeypatch):
+    # (g1track.sim's resolve_backend; here because it is what `bash train.sh` meets first on a GPU machine)
+    import g1track.sim as sim
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sim, "_import_mujoco_warp", lambda: (None, "ImportError: libcuda.so.1 missing"))
+    with pytest.raises(sim.SimConfigError) as e:
+        sim.resolve_backend("auto", "auto")
+    msg = str(e.value)
+    assert "ImportError: libcuda.so.1 missing" in msg and "backend=mujoco" in msg and msg.count(". ") == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sim.resolve_backend("auto", "auto")[0] == "mujoco"                  # no GPU: MuJoCo C, as before
+
+
+# ---- train.sh, without training: a stand-in python records the commands ----
+
+FAKE_PY = """#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then case "$2" in *device_count*) echo 2;; *) exit "${FAKE_GPU:-0}";; esac; exit 0; fi
+echo "$*" >> "$FAKE_LOG"
+"""
+
+
+def run_train_sh(tmp_path, gpu=True, **env_vars):
+    fake, log = tmp_path / "fakepy", tmp_path / "calls.log"
+    fake.write_text(FAKE_PY); fake.chmod(0o755)
+    if log.exists(): log.unlink()
+    env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "RDZV_ENDPOINT", "NODE_RANK", "RUN", "NPROC")}
+    env.update(PYTHON=str(fake), FAKE_LOG=str(log), FAKE_GPU="0" if gpu else "1", RUN_DIR=str(tmp_path / "runs"), **env_vars)
+    r = subprocess.run(["bash", "-u", str(ROOT / "train.sh"), "task.num_envs=64"], env=env, capture_output=True, text=True, timeout=60)
+    return r, (log.read_text().splitlines() if log.exists() else [])
+
+
+def test_train_sh_runs_the_gpu_branch_with_no_preset_under_set_u(tmp_path):
+    r, calls = run_train_sh(tmp_path, RUN="r1")
+    assert r.returncode == 0, r.stderr
+    stages = [c for c in calls if "torch.distributed.run" in c]
+    assert len(stages) == 3 and all("--standalone --nproc_per_node=2 -m g1track.train" in c for c in stages)
+    assert all("preset" not in c and c.endswith("task.num_envs=64") for c in stages)
+    assert "wandb.id=r1_train" in stages[0] and "checkpoint_path=run:g1track/r1_adapt" in stages[2]
+    assert any(c.startswith("-m g1track.eval") for c in calls)
+    r, calls = run_train_sh(tmp_path, gpu=False, RUN="r2")                      # the CPU branch keeps its preset
+    assert r.returncode == 0 and sum("+preset=cpu_demo" in c for c in calls) == 3
+
+
+def test_train_sh_expands_possibly_empty_arrays_safely_for_old_bash():
+    "bash < 4.4 under set -u fails on \"${A[@]}\" of an empty array (bash 5 does not, so this reads the script)."
+    text = (ROOT / "train.sh").read_text()
+    import re
+    maybe_empty = set(re.findall(r"^\s*(\w+)=\(\)", text, re.M))
+    assert "PRESET" in maybe_empty
+    for name in maybe_empty:
+        bare = text.replace('${%s[@]+"${%s[@]}"}' % (name, name), "")
+        assert '"${%s[@]}"' % name not in bare, f"train.sh expands the possibly empty array {name} unguarded"
+
+
+def test_train_sh_spans_several_nodes_with_torchrun_rendezvous(tmp_path):
+    r, calls = run_train_sh(tmp_path, NNODES="2", RDZV_ENDPOINT="node0:29400", RUN="big", NODE_RANK="1")
+    assert r.returncode == 0, r.stderr
+    stages = [c for c in calls if "torch.distributed.run" in c]
+    assert len(stages) == 3 and all("--nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=node0:29400 --rdzv_id=big" in c for c in stages)
+    assert not any("g1track.eval" in c for c in calls)                          # node 1: the evaluation is node 0's
+    r, calls = run_train_sh(tmp_path, NNODES="2", RUN="big")
+    assert r.returncode != 0 and "RDZV_ENDPOINT" in r.stderr and not calls
+    r, calls = run_train_sh(tmp_path, NNODES="2", RDZV_ENDPOINT="node0:29400")
+    assert r.returncode != 0 and "same RUN" in r.stderr and not calls
+
+
+def test_bench_gpu_says_it_found_no_gpu_and_exits_0():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}                             # no GPU, on any machine
+    r = subprocess.run([sys.executable, str(ROOT / "bench/gpu.py")], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("bench/gpu.py: no GPU found") and r.stdout.count("\n") == 1

@@ -75,3 +75,30 @@ def test_player_of_frames_and_of_an_episode(g1, squat):
     assert p.frames.shape == (10, 120, 160, 3) and p.fps == 50 and "anchor_pos" in p.info.value
     with pytest.raises(ValueError, match="ref_qpos has 3 frames"):
         viz.Player((g1.model, robot), ref[:3])
+
+
+def test_plot_run_draws_every_stage_of_the_lineage_from_local_files(tmp_path, capsys):
+    import json, torch
+    from g1track import viz
+    from g1track.config import compose
+    from g1track.train import train
+    common = ["task.num_envs=8", "algo.train_every=16", f"run_dir={tmp_path}", "task.motions=[builtin:squat]", "progress=false",
+              "wandb.mode=disabled"]
+    torch.set_num_threads(1)
+    train(compose(["+exp=train", "total_frames=512", "wandb.id=pr_train", *common]))
+    train(compose(["+exp=adapt", "total_frames=256", "wandb.id=pr_adapt", "checkpoint_path=run:g1track/pr_train", *common]))
+    stages = viz.run_lineage("g1track/pr_adapt", tmp_path)
+    assert [s for s, _ in stages] == ["train", "adapt"] and stages[0][1] == tmp_path / "g1track" / "pr_train"
+    rows = viz.read_metrics(stages[0][1])
+    assert len(rows) == 4 and all("frames" in r for r in rows)                     # 512 frames / (8 envs x 16 steps)
+    fig = viz.plot_run("g1track/pr_adapt", tmp_path)
+    axes = fig.get_axes()
+    assert len(axes) == 2 * len(viz.CURVES)                                          # one column per stage
+    assert axes[0].get_title().startswith("train") and axes[1].get_title().startswith("adapt")
+    est = [ax for ax in axes if ax.lines and ax.get_ylabel() == "estimator loss"]
+    assert est and len(est[0].lines[0].get_xdata()) == len(rows)                    # the logged points, all of them
+    assert viz.main(["g1track/pr_adapt", "--run_dir", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 5000 and "train pr_train, adapt pr_adapt" in capsys.readouterr().out
+    assert viz.main(["g1track/nope", "--run_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1

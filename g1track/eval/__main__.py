@@ -1,5 +1,7 @@
 """`python -m g1track.eval --run_path PROJECT/RUN [-p] [--export]`: the seed's "Evaluate Policy"
-commands, as a module entry point of the `g1track.eval` package.
+commands, as a module entry point of the `g1track.eval` package. Evaluation settings of
+`g1track/cfg/eval.yaml` follow as `KEY=VALUE` (`protocol=nominal|robust|push`, `episodes_per_clip=N`,
+`starts_every_s=S`, `success_threshold_m=M`, ...).
 
 Docs: https://g1track.github.io/g1track/eval_cli.html.md"""
 
