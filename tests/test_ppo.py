@@ -245,15 +245,19 @@ def _ddp_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_two_ranks_stay_identical_and_share_normalizer_statistics(tmp_path):
-    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.time() + 120
+def _two_ranks(worker, tmp_path, timeout_s: float = 120.0) -> tuple:
+    "Run `worker` on 2 spawned gloo ranks (killed after `timeout_s`) and load what each saved."
+    ctx = mp.start_processes(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.time() + timeout_s
     while not ctx.join(timeout=5):
         if time.time() > deadline:
             for p in ctx.processes: p.kill()
-            pytest.fail("the 2-rank run did not finish in 120 s")
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+            pytest.fail(f"the 2-rank run did not finish in {timeout_s:.0f} s")
+    return tuple(torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+
+
+def test_two_ranks_stay_identical_and_share_normalizer_statistics(tmp_path):
+    r0, r1 = _two_ranks(_ddp_worker, tmp_path)
     assert not torch.equal(r0["obs"]["policy"], r1["obs"]["policy"])                  # the ranks saw different data
     assert all(torch.equal(a, b) for a, b in zip(r0["init"], r1["init"]))              # broadcast at start
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))          # identical after the updates
@@ -440,14 +444,7 @@ def _poison_worker(rank, world, init_file, out_dir):
 
 
 def test_a_fault_on_one_rank_skips_the_update_on_every_rank(tmp_path):
-    ctx = mp.start_processes(_poison_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.time() + 120
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes: p.kill()
-            pytest.fail("the 2-rank run did not finish in 120 s")
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    r0, r1 = _two_ranks(_poison_worker, tmp_path)
     assert r0["skipped"] == r1["skipped"] == [2, 0]
     for r in (r0, r1): assert all(torch.equal(a, b) for a, b in zip(r["init"], r["after_fault"]))
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
