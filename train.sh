@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full pipeline of the pipeline quick reference: TRAIN -> ADAPT -> FINETUNE, each stage starting from
+# The full pipeline: TRAIN -> ADAPT -> FINETUNE, each stage starting from
 # the previous run (checkpoint_path=run:PROJECT/RUN_ID), then evaluation, a video and the ONNX export.
 #
 #   bash train.sh                      # all visible GPUs (NPROC=N to choose); num_envs is in cfg/task/G1/G1.yaml

@@ -30,7 +30,7 @@ if shared.is_dir(): os.environ.setdefault("MENAGERIE_ROOT", str(shared))
 import mujoco
 from mujoco import rollout
 from g1track.robot import load_g1
-from g1track.sim import make_sim, sim_model
+from g1track.sim import make_sim
 from g1track.config import task_cfg
 from g1track.env import TrackingEnv
 
@@ -49,7 +49,7 @@ def ceiling(env, state0: np.ndarray, ctrl: np.ndarray) -> float:
 
 def random_targets(g1, envs, gen, device):
     "PD targets of uniform random actions in [-1, 1]: q* = q_default + scale * a."
-    a = torch.rand(envs, 29, generator=gen, device=device) * 2 - 1
+    a = torch.rand(envs, g1.nj, generator=gen, device=device) * 2 - 1
     return torch.as_tensor(g1.default_joint_pos, dtype=torch.float32, device=device) + \
         torch.as_tensor(g1.action_scale, dtype=torch.float32, device=device) * a
 
@@ -63,7 +63,7 @@ def make_env(envs: int, backend: str = "mujoco", device: str = "cpu", warmup: in
 
 
 def random_action(env) -> torch.Tensor:
-    return torch.rand(env.num_envs, 29, generator=env.bench_gen, device=env.device) * 2 - 1
+    return torch.rand(env.num_envs, env.g1.nj, generator=env.bench_gen, device=env.device) * 2 - 1
 
 
 def env_rate(env, steps: int) -> tuple:

@@ -85,7 +85,8 @@ def env_section(envs, steps):
         base = used_gib()
         env = TrackingEnv(task_cfg(), num_envs=n, backend=BACKEND, device=DEVICE)
         gen = torch.Generator(device=env.device).manual_seed(0)
-        act = lambda: torch.rand(n, 29, generator=gen, device=env.device) * 2 - 1
+        nj, dev = env.g1.nj, env.device
+        act = lambda: torch.rand(n, nj, generator=gen, device=dev) * 2 - 1
         env.reset()
         t0 = time.perf_counter()
         for _ in range(20): env.step(act())             # Warp compiles (or loads its kernel cache) here
@@ -98,7 +99,7 @@ def env_section(envs, steps):
         print(f"env {BACKEND} envs={n} env_steps_per_s={rate:.0f} warmup_s={warm:.1f} torch_peak_gib={torch.cuda.max_memory_allocated() / GIB:.2f} "
               f"device_used_gib={used_gib() - base:.2f}", flush=True)
         if n == envs[0]:
-            policy = TrackingPolicy(env.obs_dims, 29, policy_cfg()).to(env.device)
+            policy = TrackingPolicy(env.obs_dims, env.g1.nj, policy_cfg()).to(env.device)
             obs = env.reset()
             for _ in range(3): obs = env.step(policy.act(obs, "teacher", update_stats=True)[0])["obs"]
             torch.cuda.synchronize()

@@ -18,13 +18,15 @@ shared = pathlib.Path(__file__).resolve().parents[2] / "shared"
 if (shared / "menagerie").is_dir(): os.environ.setdefault("MENAGERIE_ROOT", str(shared / "menagerie"))
 
 from g1track.motion import MotionLibrary, builtin_motion, builtin_names, default_g1, load_motion
+from g1track.robot import FREE_QUAT
 
 
 def source_csv(tmp: pathlib.Path) -> pathlib.Path:
     real = shared / "motions" / "lafan1_g1_dance2_subject1.csv"
     if real.is_file(): return real
     qpos = np.concatenate([builtin_motion(n).qpos for n in builtin_names()] * 4)   # ~6000 frames, read as 30 fps
-    rows = np.concatenate([qpos[:, :3], qpos[:, [4, 5, 6, 3]], qpos[:, 7:]], 1)     # w x y z -> x y z w
+    rows = qpos.copy()
+    rows[:, FREE_QUAT] = qpos[:, FREE_QUAT][:, [1, 2, 3, 0]]                         # w x y z -> x y z w
     path = tmp / "synthetic.csv"
     np.savetxt(path, rows, delimiter=",", fmt="%.6f")
     return path

@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from g1track.config import task_cfg
 from g1track.env import TrackingEnv
 from g1track.motion import builtin_motion
-from g1track.robot import load_g1
+from g1track.robot import FREE_LIN_VEL, FREE_POS, QPOS_JOINTS, load_g1
 from g1track.sim import make_sim, sim_cfg
 from env_throughput import env_rate, same_work, random_action
 
@@ -76,20 +76,21 @@ def cap_hits(env, calls) -> float:
 
 
 def landing(g1, it, ls, steps=25) -> np.ndarray:
-    "qpos [steps, 4, 36] of 4 randomized robots landing from 2 cm and swinging their arms (as tests/test_sim.py)."
+    "qpos [steps, 4, nq] of 4 randomized robots landing from 2 cm and swinging their arms (as tests/test_sim.py)."
     sim = make_sim(g1, 4, backend="mujoco", cfg=sim_cfg(**{"solver.iterations": it, "solver.ls_iterations": ls}))
     sim.set_params([1], friction=torch.tensor([0.3]))
-    sim.set_params([2], mass_scale=torch.full((1, 30), 1.2), com_offset=torch.tensor([[0.03, -0.02, 0.01]]))
-    sim.set_params([3], kp_scale=torch.full((1, 29), 0.8), kd_scale=torch.full((1, 29), 1.3))
+    sim.set_params([2], mass_scale=torch.full((1, len(g1.body_names)), 1.2), com_offset=torch.tensor([[0.03, -0.02, 0.01]]))
+    sim.set_params([3], kp_scale=torch.full((1, g1.nj), 0.8), kd_scale=torch.full((1, g1.nj), 1.3))
     gen = torch.Generator().manual_seed(0)
-    q = torch.tensor(g1.default_qpos, dtype=torch.float64).repeat(4, 1); q[:, 2] += 0.02
-    q[:, 7:] += 0.05 * torch.randn(4, 29, generator=gen, dtype=torch.float64)
-    v = torch.zeros(4, 35, dtype=torch.float64); v[:, :2] = 0.2 * torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    q = torch.tensor(g1.default_qpos, dtype=torch.float64).repeat(4, 1); q[:, FREE_POS.start + 2] += 0.02   # 2 cm up
+    q[:, QPOS_JOINTS] += 0.05 * torch.randn(4, g1.nj, generator=gen, dtype=torch.float64)
+    v = torch.zeros(4, sim.nv, dtype=torch.float64)
+    v[:, FREE_LIN_VEL][:, :2] = 0.2 * torch.randn(4, 2, generator=gen, dtype=torch.float64)           # a horizontal push
     sim.set_state(torch.arange(4), q, v)
     out = []
     for k in range(steps):
         ctrl = torch.tensor(g1.default_joint_pos, dtype=torch.float32).repeat(4, 1)
-        ctrl[:, 15:] += 0.3 * np.sin(2 * np.pi * 0.02 * k)
+        ctrl[:, g1.joint_names.index("left_shoulder_pitch_joint"):] += 0.3 * np.sin(2 * np.pi * 0.02 * k)   # the arms
         sim.step(ctrl)
         out.append(sim.qpos.double().numpy().copy())
     sim.close()
@@ -120,7 +121,7 @@ def warp_line(g1, it, ls, n=32, steps=15) -> str:
     sim = make_sim(g1, n, backend="warp", device=dev, cfg=sim_cfg(**{"solver.iterations": it, "solver.ls_iterations": ls}))
     gen = torch.Generator().manual_seed(0)
     base, scale = torch.tensor(g1.default_joint_pos, dtype=torch.float32), torch.tensor(g1.action_scale, dtype=torch.float32)
-    target = lambda: (base + scale * (torch.rand(n, 29, generator=gen) * 2 - 1)).to(sim.device)
+    target = lambda: (base + scale * (torch.rand(n, g1.nj, generator=gen) * 2 - 1)).to(sim.device)
     for _ in range(3): sim.step(target())
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     sync(); t0 = time.perf_counter()

@@ -30,6 +30,7 @@ def config_section(relpath: str, section: str, **overrides) -> DictConfig:
         OmegaConf.update(cfg, key, value)
     return cfg
 
+# %% ../nbs/00b_config.ipynb #2072ce1c
 def compose(overrides=(), config_name: str = "train") -> DictConfig:
     "Compose the Hydra config `config_name` with command-line style `overrides` (e.g. `['+exp=train', 'task.num_envs=16']`)."
     from hydra import compose as hydra_compose, initialize_config_dir

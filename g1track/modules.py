@@ -13,9 +13,10 @@ __all__ = ['OBS_GROUPS', 'CRITIC_GROUPS', 'ACTORS', 'policy_cfg', 'activation_la
 import copy, math
 from collections.abc import Iterable, Mapping
 import torch
+from fastcore.basics import patch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.distributed as dist
+import torch.distributed as torch_dist   # not `dist`: TrackingPolicy.dist is patched in below
 from tensordict import TensorDict
 from omegaconf import DictConfig
 from .config import compose
@@ -50,10 +51,10 @@ def _init(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.zeros_(layer.bias)
     return layer
 
-# %% ../nbs/04_modules.ipynb #1eba5101
+# %% ../nbs/04_modules.ipynb #733a1a42
 def is_distributed() -> bool:
     "True when torch.distributed is available and a process group is initialized."
-    return dist.is_available() and dist.is_initialized()
+    return torch_dist.is_available() and torch_dist.is_initialized()
 
 def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     "Chan's parallel merge of (count, mean, sum of squared deviations) of two disjoint sets."
@@ -80,55 +81,61 @@ class Normalizer(nn.Module):
         # the host, not `count == 0`, keeps update() free of device->host syncs in the rollout.
         self._fresh = True
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._fresh = bool(self.count == 0)            # one host read when loading, never in the rollout
+# %% ../nbs/04_modules.ipynb #b8535a3a
+@patch
+def _load_from_state_dict(self: Normalizer, *args, **kwargs):
+    nn.Module._load_from_state_dict(self, *args, **kwargs)     # (no zero-argument super() outside the class body)
+    self._fresh = bool(self.count == 0)            # one host read when loading, never in the rollout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        "Standardize `x` [..., dim] with the committed statistics and clip."
-        mean = self.mean.to(x.dtype)
-        inv_std = torch.rsqrt(self.var + self.eps).to(x.dtype)
-        return ((x - mean) * inv_std).clamp(-self.clip, self.clip)
+@patch
+def forward(self: Normalizer, x: torch.Tensor) -> torch.Tensor:
+    "Standardize `x` [..., dim] with the committed statistics and clip."
+    mean = self.mean.to(x.dtype)
+    inv_std = torch.rsqrt(self.var + self.eps).to(x.dtype)
+    return ((x - mean) * inv_std).clamp(-self.clip, self.clip)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Add a batch [..., dim] to the pending statistics (no-op when frozen); the very first batch is committed at once.
-        Rows with a non-finite entry are ignored (masked, without a host sync)."""
-        if self.frozen: return
-        x = x.reshape(-1, self.dim).to(torch.float64)
-        if x.shape[0] == 0: return
-        ok = x.isfinite().all(-1, keepdim=True)
-        n_b = ok.sum().to(torch.float64)
-        x = torch.where(ok, x, 0.0)
-        mean_b = x.sum(0) / n_b.clamp_min(1)
-        m2_b = torch.where(ok, (x - mean_b).square(), 0.0).sum(0)
-        self._n, self._mean, self._m2 = merge_moments(self._n, self._mean, self._m2, n_b, mean_b, m2_b)
-        if self._fresh:
-            self.sync_(); self._fresh = False
+@patch
+@torch.no_grad()
+def update(self: Normalizer, x: torch.Tensor) -> None:
+    """Add a batch [..., dim] to the pending statistics (no-op when frozen); the very first batch is committed at once.
+    Rows with a non-finite entry are ignored (masked, without a host sync)."""
+    if self.frozen: return
+    x = x.reshape(-1, self.dim).to(torch.float64)
+    if x.shape[0] == 0: return
+    ok = x.isfinite().all(-1, keepdim=True)
+    n_b = ok.sum().to(torch.float64)
+    x = torch.where(ok, x, 0.0)
+    mean_b = x.sum(0) / n_b.clamp_min(1)
+    m2_b = torch.where(ok, (x - mean_b).square(), 0.0).sum(0)
+    self._n, self._mean, self._m2 = merge_moments(self._n, self._mean, self._m2, n_b, mean_b, m2_b)
+    if self._fresh:
+        self.sync_(); self._fresh = False
 
-    @torch.no_grad()
-    def sync_(self, group=None) -> None:
-        "Merge every rank's pending statistics into the committed ones (all-reduce when distributed); clears pending."
-        if self.frozen: return
-        n, mean, m2 = self._n, self._mean, self._m2
-        if is_distributed():
-            # two exact reductions: the global mean first, then squared deviations about it
-            s = torch.cat([n.reshape(1), n * mean])
-            dist.all_reduce(s, group=group)
-            n_all = s[0]
-            mean_all = s[1:] / n_all.clamp_min(1)
-            m2_all = (m2 + n * (mean - mean_all).square()).contiguous()
-            dist.all_reduce(m2_all, group=group)
-            n, mean, m2 = n_all, mean_all, m2_all
-        # masked instead of `if n > 0`: no host sync; without new data the statistics stay bit-identical
-        has = n > 0
-        count, new_mean, new_m2 = merge_moments(self.count, self.mean, self.var * self.count, n, mean, m2)
-        self.mean.copy_(torch.where(has, new_mean, self.mean))
-        self.var.copy_(torch.where(has, new_m2 / count.clamp_min(1), self.var))
-        self.count.copy_(torch.where(has, count, self.count))
-        self._n.zero_(); self._mean.zero_(); self._m2.zero_()
+@patch
+@torch.no_grad()
+def sync_(self: Normalizer, group=None) -> None:
+    "Merge every rank's pending statistics into the committed ones (all-reduce when distributed); clears pending."
+    if self.frozen: return
+    n, mean, m2 = self._n, self._mean, self._m2
+    if is_distributed():
+        # two exact reductions: the global mean first, then squared deviations about it
+        s = torch.cat([n.reshape(1), n * mean])
+        torch_dist.all_reduce(s, group=group)
+        n_all = s[0]
+        mean_all = s[1:] / n_all.clamp_min(1)
+        m2_all = (m2 + n * (mean - mean_all).square()).contiguous()
+        torch_dist.all_reduce(m2_all, group=group)
+        n, mean, m2 = n_all, mean_all, m2_all
+    # masked instead of `if n > 0`: no host sync; without new data the statistics stay bit-identical
+    has = n > 0
+    count, new_mean, new_m2 = merge_moments(self.count, self.mean, self.var * self.count, n, mean, m2)
+    self.mean.copy_(torch.where(has, new_mean, self.mean))
+    self.var.copy_(torch.where(has, new_m2 / count.clamp_min(1), self.var))
+    self.count.copy_(torch.where(has, count, self.count))
+    self._n.zero_(); self._mean.zero_(); self._m2.zero_()
 
-    def extra_repr(self): return f"dim={self.dim}, clip={self.clip}, frozen={self.frozen}"
+@patch
+def extra_repr(self: Normalizer): return f"dim={self.dim}, clip={self.clip}, frozen={self.frozen}"
 
 # %% ../nbs/04_modules.ipynb #36d70156
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -175,9 +182,10 @@ class GaussianActor(nn.Module):
     def dist(self, x: torch.Tensor) -> DiagGaussian:
         return DiagGaussian(self.mean_net(x), self.clamped_log_std())
 
-# %% ../nbs/04_modules.ipynb #bc82ad34
+# %% ../nbs/04_modules.ipynb #4b221c21
 OBS_GROUPS = ("policy", "priv", "critic_priv")
 CRITIC_GROUPS = ("policy", "priv", "critic_priv")
+# which networks act for each actor: (head, latent source); modules, PPO and the stages all read this one table
 ACTORS = {"teacher": ("actor_teacher", "encoder_priv"), "student": ("actor_student", "adapt_module")}
 
 class TrackingPolicy(nn.Module):
@@ -213,100 +221,120 @@ class TrackingPolicy(nn.Module):
         if bad: raise ValueError(f"unknown networks {bad}; choose from {cls.module_names}")
         return names
 
-    def parameters_of(self, names) -> list[nn.Parameter]:
-        "The parameters of the named networks, in a fixed order."
-        return [p for n in self.check_names(names) for p in getattr(self, n).parameters()]
+# %% ../nbs/04_modules.ipynb #c6d1a0d6
+@patch
+def parameters_of(self: TrackingPolicy, names) -> list[nn.Parameter]:
+    "The parameters of the named networks, in a fixed order."
+    return [p for n in self.check_names(names) for p in getattr(self, n).parameters()]
 
-    def set_trainable(self, names) -> None:
-        "`requires_grad=True` on the named networks, False on every other one."
-        names = set(self.check_names(names))
-        for n in self.module_names: getattr(self, n).requires_grad_(n in names)
+@patch
+def set_trainable(self: TrackingPolicy, names) -> None:
+    "`requires_grad=True` on the named networks, False on every other one."
+    names = set(self.check_names(names))
+    for n in self.module_names: getattr(self, n).requires_grad_(n in names)
 
-    def trainable_names(self) -> tuple[str, ...]:
-        "The networks whose parameters all require grad."
-        return tuple(n for n in self.module_names if all(p.requires_grad for p in getattr(self, n).parameters()))
+@patch
+def trainable_names(self: TrackingPolicy) -> tuple[str, ...]:
+    "The networks whose parameters all require grad."
+    return tuple(n for n in self.module_names if all(p.requires_grad for p in getattr(self, n).parameters()))
 
-    def set_vecnorm(self, mode: str) -> None:
-        "`train`: normalizers update their statistics; `eval`: they are frozen."
-        if mode not in ("train", "eval"): raise ValueError(f"vecnorm must be 'train' or 'eval', got {mode!r}")
-        for nz in self.normalizers.values(): nz.frozen = mode == "eval"
+@patch
+def set_vecnorm(self: TrackingPolicy, mode: str) -> None:
+    "`train`: normalizers update their statistics; `eval`: they are frozen."
+    if mode not in ("train", "eval"): raise ValueError(f"vecnorm must be 'train' or 'eval', got {mode!r}")
+    for nz in self.normalizers.values(): nz.frozen = mode == "eval"
 
-    def sync_normalizers_(self) -> None:
-        "Commit every group's pending statistics (all-reduced across ranks when distributed)."
-        for nz in self.normalizers.values(): nz.sync_()
+@patch
+def sync_normalizers_(self: TrackingPolicy) -> None:
+    "Commit every group's pending statistics (all-reduced across ranks when distributed)."
+    for nz in self.normalizers.values(): nz.sync_()
 
-    @torch.no_grad()
-    def copy_teacher_to_student_(self) -> None:
-        "actor_student ← actor_teacher (weights and log-std), in place."
-        for ps, pt in zip(self.actor_student.parameters(), self.actor_teacher.parameters()): ps.copy_(pt)
+@patch
+@torch.no_grad()
+def copy_teacher_to_student_(self: TrackingPolicy) -> None:
+    "actor_student ← actor_teacher (weights and log-std), in place."
+    for ps, pt in zip(self.actor_student.parameters(), self.actor_teacher.parameters()): ps.copy_(pt)
 
-    # ---- forward passes ----
-    def normalize(self, obs: TensorDict, update: bool = False) -> TensorDict:
-        "Normalized copy of the known groups of `obs`; with `update`, their batches first enter the running statistics."
-        out = {}
-        for k, nz in self.normalizers.items():
-            if k not in obs.keys(): continue
-            x = obs.get(k)
-            if update: nz.update(x)
-            out[k] = nz(x)
-        return TensorDict(out, batch_size=obs.batch_size, device=obs.device)
+# ---- forward passes ----
+@patch
+def normalize(self: TrackingPolicy, obs: TensorDict, update: bool = False) -> TensorDict:
+    "Normalized copy of the known groups of `obs`; with `update`, their batches first enter the running statistics."
+    out = {}
+    for k, nz in self.normalizers.items():
+        if k not in obs.keys(): continue
+        x = obs.get(k)
+        if update: nz.update(x)
+        out[k] = nz(x)
+    return TensorDict(out, batch_size=obs.batch_size, device=obs.device)
 
-    def _latent(self, nobs: TensorDict, actor: str) -> torch.Tensor:
-        if actor == "teacher": return self.encoder_priv(nobs.get("priv"))
-        if actor == "student": return self.adapt_module(nobs.get("policy"))
-        raise ValueError(f"actor must be 'teacher' or 'student', got {actor!r}")
+@patch
+def _latent(self: TrackingPolicy, nobs: TensorDict, actor: str) -> torch.Tensor:
+    if actor not in ACTORS: raise ValueError(f"actor must be 'teacher' or 'student', got {actor!r}")
+    source = ACTORS[actor][1]                          # encoder_priv reads priv, adapt_module the policy group (with its history)
+    return getattr(self, source)(nobs.get("priv" if source == "encoder_priv" else "policy"))
 
-    def actor_dist(self, nobs: TensorDict, actor: str = "teacher") -> DiagGaussian:
-        "Action distribution from normalized observations."
-        head = self.actor_teacher if actor == "teacher" else self.actor_student
-        x, z = nobs.get("policy"), self._latent(nobs, actor)
-        if not z.requires_grad: return head.dist(torch.cat([x, z], -1))
-        # z needs a gradient and x (data) does not: the first layer as two products, so autograd never forms the
-        # unused gradient of x (one product on the concatenation does: ~7 % of a PPO update's time on a CPU)
-        first, *rest = head.mean_net
-        d = x.shape[-1]
-        h = F.linear(x, first.weight[:, :d], first.bias) + F.linear(z, first.weight[:, d:])   # any leading dims
-        for layer in rest: h = layer(h)
-        return DiagGaussian(h, head.clamped_log_std())
+# %% ../nbs/04_modules.ipynb #39cbadb4
+@patch
+def actor_dist(self: TrackingPolicy, nobs: TensorDict, actor: str = "teacher") -> DiagGaussian:
+    "Action distribution from normalized observations."
+    head = getattr(self, ACTORS[actor][0]) if actor in ACTORS else self.actor_teacher
+    x, z = nobs.get("policy"), self._latent(nobs, actor)
+    if not z.requires_grad: return head.dist(torch.cat([x, z], -1))
+    # z needs a gradient and x (data) does not: the first layer as two products, so autograd never forms the
+    # unused gradient of x (one product on the concatenation does: ~7 % of a PPO update's time on a CPU)
+    first, *rest = head.mean_net
+    d = x.shape[-1]
+    h = F.linear(x, first.weight[:, :d], first.bias) + F.linear(z, first.weight[:, d:])   # any leading dims
+    for layer in rest: h = layer(h)
+    return DiagGaussian(h, head.clamped_log_std())
 
-    def critic_value(self, nobs: TensorDict) -> torch.Tensor:
-        "V [...] from normalized observations."
-        return self.critic(torch.cat([nobs.get(k) for k in self.critic_groups], -1)).squeeze(-1)
+@patch
+def critic_value(self: TrackingPolicy, nobs: TensorDict) -> torch.Tensor:
+    "V [...] from normalized observations."
+    return self.critic(torch.cat([nobs.get(k) for k in self.critic_groups], -1)).squeeze(-1)
 
-    def dist(self, obs: TensorDict, actor: str = "teacher") -> DiagGaussian:
-        return self.actor_dist(self.normalize(obs), actor)
+@patch
+def dist(self: TrackingPolicy, obs: TensorDict, actor: str = "teacher") -> DiagGaussian:
+    return self.actor_dist(self.normalize(obs), actor)
 
-    def value(self, obs: TensorDict) -> torch.Tensor:
-        "V [...] of raw observations."
-        return self.critic_value(self.normalize(obs))
+@patch
+def value(self: TrackingPolicy, obs: TensorDict) -> torch.Tensor:
+    "V [...] of raw observations."
+    return self.critic_value(self.normalize(obs))
 
-    def latent(self, obs: TensorDict) -> torch.Tensor:
-        "z = encoder_priv(normalized priv)."
-        return self.encoder_priv(self.normalizers["priv"](obs.get("priv")))
+@patch
+def latent(self: TrackingPolicy, obs: TensorDict) -> torch.Tensor:
+    "z = encoder_priv(normalized priv)."
+    return self.encoder_priv(self.normalizers["priv"](obs.get("priv")))
 
-    def latent_hat(self, obs: TensorDict) -> torch.Tensor:
-        "ẑ = adapt_module(normalized policy obs)."
-        return self.adapt_module(self.normalizers["policy"](obs.get("policy")))
+@patch
+def latent_hat(self: TrackingPolicy, obs: TensorDict) -> torch.Tensor:
+    "ẑ = adapt_module(normalized policy obs)."
+    return self.adapt_module(self.normalizers["policy"](obs.get("policy")))
 
-    @torch.no_grad()
-    def act(self, obs: TensorDict, actor: str = "teacher", deterministic: bool = False,
-            update_stats: bool = False, with_value: bool = True):
-        "Rollout step, no grad: `(action, log_prob, value)`; `update_stats` feeds `obs` to the normalizers first."
-        nobs = self.normalize(obs, update=update_stats)
-        d = self.actor_dist(nobs, actor)
-        action = d.mean if deterministic else d.sample()
-        value = self.critic_value(nobs) if with_value else None
-        return action, d.log_prob(action), value
+@patch
+@torch.no_grad()
+def act(self: TrackingPolicy, obs: TensorDict, actor: str = "teacher", deterministic: bool = False,
+        update_stats: bool = False, with_value: bool = True):
+    "Rollout step, no grad: `(action, log_prob, value)`; `update_stats` feeds `obs` to the normalizers first."
+    nobs = self.normalize(obs, update=update_stats)
+    d = self.actor_dist(nobs, actor)
+    action = d.mean if deterministic else d.sample()
+    value = self.critic_value(nobs) if with_value else None
+    return action, d.log_prob(action), value
 
-    def evaluate(self, obs: TensorDict, actions: torch.Tensor, actor: str = "teacher"):
-        "With grad: `(log_prob, entropy, value)` of `actions` under the current networks."
-        nobs = self.normalize(obs)
-        d = self.actor_dist(nobs, actor)
-        return d.log_prob(actions), d.entropy(), self.critic_value(nobs)
+@patch
+def evaluate(self: TrackingPolicy, obs: TensorDict, actions: torch.Tensor, actor: str = "teacher"):
+    "With grad: `(log_prob, entropy, value)` of `actions` under the current networks."
+    nobs = self.normalize(obs)
+    d = self.actor_dist(nobs, actor)
+    return d.log_prob(actions), d.entropy(), self.critic_value(nobs)
 
-    def student_onnx_module(self) -> "StudentPolicy":
-        "A detached, export-friendly copy of the deployable student: raw policy obs [B, Dp] → mean action [B, A]."
-        return StudentPolicy(self.normalizers["policy"], self.adapt_module, self.actor_student.mean_net)
+# %% ../nbs/04_modules.ipynb #c7d08a1a
+@patch
+def student_onnx_module(self: TrackingPolicy) -> "StudentPolicy":
+    "A detached, export-friendly copy of the deployable student: raw policy obs [B, Dp] → mean action [B, A]."
+    return StudentPolicy(self.normalizers["policy"], self.adapt_module, self.actor_student.mean_net)
 
 # %% ../nbs/04_modules.ipynb #77a7bcc9
 class StudentPolicy(nn.Module):

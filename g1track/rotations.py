@@ -10,7 +10,6 @@ __all__ = ['quat_mul', 'quat_conj', 'quat_normalize', 'quat_apply', 'quat_apply_
            'quat_slerp']
 
 # %% ../nbs/00a_rotations.ipynb #ab87e83c
-import math
 import torch
 
 # %% ../nbs/00a_rotations.ipynb #95cf3aa8

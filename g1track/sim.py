@@ -7,15 +7,16 @@ Docs: https://g1track.github.io/g1track/sim.html.md"""
 
 # %% auto #0
 __all__ = ['BACKENDS', 'PARAM_FIELDS', 'sim_cfg', 'SimConfigError', 'resolve_backend', 'sim_model', 'apply_solver', 'foot_geoms',
-           'ParamMap', 'contact_capacity', 'Sim', 'MujocoSim', 'WarpSim', 'make_sim']
+           'ParamMap', 'Sim', 'make_sim']
 
 # %% ../nbs/02_sim.ipynb #21637ea0
-import os, copy, warnings
+import copy
 import numpy as np
 import torch
 import mujoco
-from omegaconf import OmegaConf, DictConfig
-from .config import cfg_dir, config_section
+from fastcore.basics import patch
+from omegaconf import DictConfig
+from .config import config_section
 from .robot import G1, BodyKinematics
 
 # %% ../nbs/02_sim.ipynb #fbe261ca
@@ -94,6 +95,7 @@ def foot_geoms(model: mujoco.MjModel, feet) -> np.ndarray:
     body = [model.body(f).id for f in feet]
     return np.flatnonzero(np.isin(model.geom_bodyid, body) & ((model.geom_contype | model.geom_conaffinity) > 0))
 
+# %% ../nbs/02_sim.ipynb #8df51301
 class ParamMap:
     "Per-env physical parameters -> the model fields they set (torch, float64), for both engines."
     names = ("friction", "mass_scale", "com_offset", "kp_scale", "kd_scale")
@@ -142,27 +144,6 @@ class ParamMap:
             out["actuator_gainprm"], out["actuator_biasprm"] = gain, bias
         return out
 
-# %% ../nbs/02_sim.ipynb #bf63fc52
-_PLANE_CONTACTS = {mujoco.mjtGeom.mjGEOM_SPHERE: 1, mujoco.mjtGeom.mjGEOM_ELLIPSOID: 1, mujoco.mjtGeom.mjGEOM_CAPSULE: 2}
-
-def contact_capacity(model: mujoco.MjModel) -> tuple[int, int]:
-    "(nconmax, njmax) per world for MuJoCo Warp: everything on the floor at once, plus self-contacts."
-    planes = np.flatnonzero(model.geom_type == mujoco.mjtGeom.mjGEOM_PLANE)
-    on_floor, bodies = 0, set()
-    for g in range(model.ngeom):
-        if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE or not (model.geom_contype[g] or model.geom_conaffinity[g]):
-            continue
-        bodies.add(int(model.geom_bodyid[g]))
-        touches = any((model.geom_contype[g] & model.geom_conaffinity[p]) or (model.geom_contype[p] & model.geom_conaffinity[g])
-                      for p in planes)
-        if touches: on_floor += _PLANE_CONTACTS.get(mujoco.mjtGeom(model.geom_type[g]), 4)
-    condim = int(model.geom_condim.max())
-    rows = condim if model.opt.cone == mujoco.mjtCone.mjCONE_ELLIPTIC else max(1, 2 * (condim - 1))
-    self_contacts = len(bodies)                                       # one self-contact per colliding body at once
-    nconmax = on_floor + self_contacts
-    njmax = (on_floor + self_contacts) * rows + int(model.jnt_limited.sum()) + int(model.neq) * 6
-    return int(nconmax), int(njmax)
-
 # %% ../nbs/02_sim.ipynb #0c6e991a
 class Sim:
     "N batched G1 simulations behind one torch interface (float32 tensors on `device`)."
@@ -190,9 +171,8 @@ class Sim:
         self._unstable_count = torch.zeros((), dtype=torch.int64, device=self.device)
         self._counts = {}                             # engine counters (device tensors), see counters()
 
-    # ---- stepping -------------------------------------------------------------------------------
     def step(self, ctrl: torch.Tensor) -> None:
-        "Advance every env by one control step (`decimation` substeps) towards PD targets `ctrl` [N,29] or [N,decimation,29]."
+        "Advance every env by one control step (`decimation` substeps) towards PD targets `ctrl` [N, nu] or [N, decimation, nu]."
         ctrl = self._check_ctrl(ctrl)
         bad = self._pending_bad | ~torch.isfinite(ctrl).all(dim=(1, 2))
         self._pending_bad = torch.zeros_like(self._pending_bad)
@@ -220,338 +200,121 @@ class Sim:
         "Cumulative counters as 0-d device tensors (no host sync): `unstable_total` and the engine's own (Warp: overflow)."
         return {"unstable_total": self._unstable_count, **self._counts}
 
-    # ---- reading --------------------------------------------------------------------------------
-    def bodies(self):
-        "(pos [N,30,3], quat [N,30,4] wxyz, linvel [N,30,3], angvel [N,30,3]) of every body, world frame, at the current state."
-        if self._bodies is None: self._bodies = self._fk(self.qpos, self.qvel)
-        return self._bodies
+# %% ../nbs/02_sim.ipynb #53442406
+@patch
+def bodies(self: Sim):
+    "(pos [N,nb,3], quat [N,nb,4] wxyz, linvel [N,nb,3], angvel [N,nb,3]) of every body, world frame, at the current state."
+    if self._bodies is None: self._bodies = self._fk(self.qpos, self.qvel)
+    return self._bodies
 
-    def sensor(self, name: str) -> torch.Tensor:
-        "Rows of `sensordata` [N, dim] of the sensor `name` (a key of `g1.sensors`)."
-        if name not in self.g1.sensors:
-            raise KeyError(f"unknown sensor '{name}'; the G1 has {list(self.g1.sensors)}") from None
-        return self.sensordata[:, self.g1.sensors[name]]
+@patch
+def sensor(self: Sim, name: str) -> torch.Tensor:
+    "Rows of `sensordata` [N, dim] of the sensor `name` (a key of `g1.sensors`)."
+    if name not in self.g1.sensors:
+        raise KeyError(f"unknown sensor '{name}'; the G1 has {list(self.g1.sensors)}") from None
+    return self.sensordata[:, self.g1.sensors[name]]
 
-    # ---- writing --------------------------------------------------------------------------------
-    def _env_ids(self, env_ids) -> torch.Tensor:
-        ids = torch.as_tensor(env_ids, device=self.device).long().reshape(-1)
-        return ids
+# %% ../nbs/02_sim.ipynb #afb8f7a3
+@patch
+def _env_ids(self: Sim, env_ids) -> torch.Tensor:
+    ids = torch.as_tensor(env_ids, device=self.device).long().reshape(-1)
+    return ids
 
-    def set_state(self, env_ids, qpos: torch.Tensor | None = None, qvel: torch.Tensor | None = None) -> None:
-        "Place envs `env_ids` at `qpos` [n,36], `qvel` [n,35] (None: keep it exactly); their sensordata rows become zero."
-        ids = self._env_ids(env_ids)
-        rows = {}
-        for name, x, dim in (("qpos", qpos, self.nq), ("qvel", qvel, self.nv)):
-            if x is None: continue
-            x = torch.as_tensor(x, device=self.device)
-            if x.shape != (len(ids), dim):
-                raise ValueError(f"set_state: {name} must have shape [{len(ids)}, {dim}] for {len(ids)} envs, got {list(x.shape)}") from None
-            ok = (x.abs() <= self.max_qvel).all(1) if name == "qvel" else torch.isfinite(x).all(1)
-            self._pending_bad[ids] |= ~ok
-            rows[name] = x
-        self._set_rows(ids, rows.get("qpos"), rows.get("qvel"))
-        self._bodies = None
+@patch
+def set_state(self: Sim, env_ids, qpos: torch.Tensor | None = None, qvel: torch.Tensor | None = None) -> None:
+    "Place envs `env_ids` at `qpos` [n, nq], `qvel` [n, nv] (None: keep it exactly); their sensordata rows become zero."
+    ids = self._env_ids(env_ids)
+    rows = {}
+    for name, x, dim in (("qpos", qpos, self.nq), ("qvel", qvel, self.nv)):
+        if x is None: continue
+        x = torch.as_tensor(x, device=self.device)
+        if x.shape != (len(ids), dim):
+            raise ValueError(f"set_state: {name} must have shape [{len(ids)}, {dim}] for {len(ids)} envs, got {list(x.shape)}") from None
+        ok = (x.abs() <= self.max_qvel).all(1) if name == "qvel" else torch.isfinite(x).all(1)
+        self._pending_bad[ids] |= ~ok
+        rows[name] = x
+    self._set_rows(ids, rows.get("qpos"), rows.get("qvel"))
+    self._bodies = None
 
-    def set_state_where(self, mask: torch.Tensor, qpos: torch.Tensor | None = None, qvel: torch.Tensor | None = None) -> None:
-        """Place the envs where `mask` [N] is true at their rows of `qpos` [N,36] / `qvel` [N,35] (None: keep it exactly);
-        the other envs are untouched, bit for bit. The masked form of `set_state`: no host sync."""
-        mask = torch.as_tensor(mask, device=self.device).reshape(-1)
-        if mask.shape != (self.num_envs,) or mask.dtype != torch.bool:
-            raise ValueError(f"set_state_where: mask must be a bool tensor of shape [{self.num_envs}], got {mask.dtype} {list(mask.shape)}") from None
-        rows = {}
-        for name, x, dim in (("qpos", qpos, self.nq), ("qvel", qvel, self.nv)):
-            if x is None: continue
-            x = torch.as_tensor(x, device=self.device)
-            if x.shape != (self.num_envs, dim):
-                raise ValueError(f"set_state_where: {name} must have shape [{self.num_envs}, {dim}] (all envs), got {list(x.shape)}") from None
-            ok = (x.abs() <= self.max_qvel).all(1) if name == "qvel" else torch.isfinite(x).all(1)
-            self._pending_bad |= mask & ~ok
-            rows[name] = x
-        self._set_rows_where(mask, rows.get("qpos"), rows.get("qvel"))
-        self._bodies = None
+@patch
+def set_state_where(self: Sim, mask: torch.Tensor, qpos: torch.Tensor | None = None, qvel: torch.Tensor | None = None) -> None:
+    """Place the envs where `mask` [N] is true at their rows of `qpos` [N, nq] / `qvel` [N, nv] (None: keep it exactly);
+    the other envs are untouched, bit for bit. The masked form of `set_state`: no host sync."""
+    mask = torch.as_tensor(mask, device=self.device).reshape(-1)
+    if mask.shape != (self.num_envs,) or mask.dtype != torch.bool:
+        raise ValueError(f"set_state_where: mask must be a bool tensor of shape [{self.num_envs}], got {mask.dtype} {list(mask.shape)}") from None
+    rows = {}
+    for name, x, dim in (("qpos", qpos, self.nq), ("qvel", qvel, self.nv)):
+        if x is None: continue
+        x = torch.as_tensor(x, device=self.device)
+        if x.shape != (self.num_envs, dim):
+            raise ValueError(f"set_state_where: {name} must have shape [{self.num_envs}, {dim}] (all envs), got {list(x.shape)}") from None
+        ok = (x.abs() <= self.max_qvel).all(1) if name == "qvel" else torch.isfinite(x).all(1)
+        self._pending_bad |= mask & ~ok
+        rows[name] = x
+    self._set_rows_where(mask, rows.get("qpos"), rows.get("qvel"))
+    self._bodies = None
 
-    def set_params(self, env_ids, friction=None, mass_scale=None, com_offset=None, kp_scale=None, kd_scale=None) -> None:
-        "Per-env physical parameters of envs `env_ids` (None: unchanged); see the table above for shapes and meaning."
-        ids = self._env_ids(env_ids)
-        given = dict(friction=friction, mass_scale=mass_scale, com_offset=com_offset, kp_scale=kp_scale, kd_scale=kd_scale)
-        given = {k: v for k, v in given.items() if v is not None}
-        if not given: return
-        for k, v in given.items():
-            v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
-            shape = (len(ids),) + self.params_map.shapes[k]
-            if v.shape != shape:
-                raise ValueError(f"set_params: {k} must have shape {list(shape)} for {len(ids)} envs, got {list(v.shape)}") from None
-            if not torch.isfinite(v).all():
-                raise ValueError(f"set_params: {k} contains NaN or inf") from None
-            self._params[k][ids] = v
-        rows = {k: v[ids] for k, v in self._params.items()}
-        self._write_fields(ids, self.params_map.fields(rows, given.keys()))
+# %% ../nbs/02_sim.ipynb #618c1691
+@patch
+def set_params(self: Sim, env_ids, friction=None, mass_scale=None, com_offset=None, kp_scale=None, kd_scale=None) -> None:
+    "Per-env physical parameters of envs `env_ids` (None: unchanged); see the table above for shapes and meaning."
+    ids = self._env_ids(env_ids)
+    given = dict(friction=friction, mass_scale=mass_scale, com_offset=com_offset, kp_scale=kp_scale, kd_scale=kd_scale)
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given: return
+    for k, v in given.items():
+        v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
+        shape = (len(ids),) + self.params_map.shapes[k]
+        if v.shape != shape:
+            raise ValueError(f"set_params: {k} must have shape {list(shape)} for {len(ids)} envs, got {list(v.shape)}") from None
+        if not torch.isfinite(v).all():
+            raise ValueError(f"set_params: {k} contains NaN or inf") from None
+        self._params[k][ids] = v
+    rows = {k: v[ids] for k, v in self._params.items()}
+    self._write_fields(ids, self.params_map.fields(rows, given.keys()))
 
-    def get_params(self) -> dict:
-        "The current per-env parameters {friction [N], mass_scale [N,30], com_offset [N,3], kp_scale [N,29], kd_scale [N,29]}."
-        return {k: v.clone() for k, v in self._params.items()}
+@patch
+def get_params(self: Sim) -> dict:
+    "The current per-env parameters {friction [N], mass_scale [N, nb], com_offset [N, 3], kp_scale [N, nj], kd_scale [N, nj]}."
+    return {k: v.clone() for k, v in self._params.items()}
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        "Everything needed to continue exactly: state, sensors, per-env parameters and counters (CPU tensors)."
-        sd = {"backend": self.backend, "num_envs": self.num_envs, "unstable_total": self._unstable_count.cpu().clone(),
-              "params": {k: v.cpu().clone() for k, v in self._params.items()},
-              "counters": {k: v.cpu().clone() for k, v in self._counts.items()}}
-        sd.update({k: v.cpu().clone() for k, v in self._engine_state().items()})
-        return sd
+# %% ../nbs/02_sim.ipynb #741d27c4
+@patch
+def state_dict(self: Sim) -> dict:
+    "Everything needed to continue exactly: state, sensors, per-env parameters and counters (CPU tensors)."
+    sd = {"backend": self.backend, "num_envs": self.num_envs, "unstable_total": self._unstable_count.cpu().clone(),
+          "params": {k: v.cpu().clone() for k, v in self._params.items()},
+          "counters": {k: v.cpu().clone() for k, v in self._counts.items()}}
+    sd.update({k: v.cpu().clone() for k, v in self._engine_state().items()})
+    return sd
 
-    def load_state_dict(self, sd: dict) -> None:
-        "Continue from `state_dict()` (of either backend; across backends, state is converted to this one's precision)."
-        if int(sd["num_envs"]) != self.num_envs:
-            raise ValueError(f"this checkpoint holds {sd['num_envs']} envs but the simulator has {self.num_envs}; "
-                             "build the simulator with the checkpoint's num_envs") from None
-        for k in self.params_map.names: self._params[k] = sd["params"][k].to(self.device, torch.float32).clone()
-        ids = torch.arange(self.num_envs, device=self.device)
-        self._write_fields(ids, self.params_map.fields(self._params, self.params_map.names))
-        self._load_engine_state(sd)
-        self._unstable_count = sd["unstable_total"].to(self.device).clone()
-        for k, v in sd.get("counters", {}).items():
-            if k in self._counts: self._counts[k] = v.to(self.device).clone()
-        self._pending_bad = torch.zeros_like(self._pending_bad)
-        self.unstable = torch.zeros_like(self.unstable)
-        self._bodies = None
+@patch
+def load_state_dict(self: Sim, sd: dict) -> None:
+    "Continue from `state_dict()` (of either backend; across backends, state is converted to this one's precision)."
+    if int(sd["num_envs"]) != self.num_envs:
+        raise ValueError(f"this checkpoint holds {sd['num_envs']} envs but the simulator has {self.num_envs}; "
+                         "build the simulator with the checkpoint's num_envs") from None
+    for k in self.params_map.names: self._params[k] = sd["params"][k].to(self.device, torch.float32).clone()
+    ids = torch.arange(self.num_envs, device=self.device)
+    self._write_fields(ids, self.params_map.fields(self._params, self.params_map.names))
+    self._load_engine_state(sd)
+    self._unstable_count = sd["unstable_total"].to(self.device).clone()
+    for k, v in sd.get("counters", {}).items():
+        if k in self._counts: self._counts[k] = v.to(self.device).clone()
+    self._pending_bad = torch.zeros_like(self._pending_bad)
+    self.unstable = torch.zeros_like(self.unstable)
+    self._bodies = None
 
-    def close(self) -> None: pass
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
-
-    def __repr__(self):
-        return f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, decimation={self.decimation})"
-
-# %% ../nbs/02_sim.ipynb #253b7e28
-_T0 = 1.0   # every env starts a control step at this time; a MuJoCo warning leaves it short
-
-class MujocoSim(Sim):
-    "MuJoCo C, all envs stepped by `mujoco.rollout` in `nthread` C threads; tensors copied to `device`."
-    backend = "mujoco"
-
-    def __init__(self, g1: G1, num_envs: int, device="cpu", nthread: int | None = None, cfg: DictConfig | None = None):
-        from mujoco import rollout
-        super().__init__(g1, num_envs, device, cfg if cfg is not None else sim_cfg())
-        n = nthread if nthread is not None else self.cfg.nthread
-        self.nthread = int(n) if n is not None else len(os.sched_getaffinity(0))
-        if self.nthread < 1: raise SimConfigError(f"nthread must be at least 1, got {self.nthread}") from None
-        m, N, D = self.model, self.num_envs, self.decimation
-        self._rollout = rollout.Rollout(nthread=self.nthread)
-        self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
-        self._models = [m] * N                       # one shared model until parameters are randomized
-        full = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
-        self._nstate = mujoco.mj_stateSize(m, full)
-        qa = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_TIME.value)
-        va = qa + m.nq
-        self._qs, self._vs = slice(qa, qa + m.nq), slice(va, va + m.nv)
-        assert mujoco.mj_stateSize(m, full) == va + m.nv, "FULLPHYSICS state holds more than time, qpos and qvel"
-        self._state = np.zeros((N, self._nstate)); self._state[:, 0] = _T0
-        self._state[:, self._qs] = g1.default_qpos
-        self._ctrl = np.zeros((N, D, m.nu))
-        self._out = np.zeros((N, D, self._nstate))
-        self._sens_out = np.zeros((N, D, m.nsensordata))
-        self._sens = np.zeros((N, m.nsensordata))
-        self._state_t, self._ctrl_t = torch.from_numpy(self._state), torch.from_numpy(self._ctrl)
-        self._sens_t = torch.from_numpy(self._sens)
-        self._late = _T0 + (D - 0.5) * m.opt.timestep
-        self.qpos = torch.zeros(N, m.nq, dtype=torch.float32, device=self.device)
-        self.qvel = torch.zeros(N, m.nv, dtype=torch.float32, device=self.device)
-        self.sensordata = torch.zeros(N, m.nsensordata, dtype=torch.float32, device=self.device)
-        self._publish()
-
-    def _publish(self, ids=None):
-        "Copy the float64 state (all envs, or env indices `ids`) into the float32 tensors."
-        if ids is None:
-            self.qpos.copy_(self._state_t[:, self._qs]); self.qvel.copy_(self._state_t[:, self._vs])
-            self.sensordata.copy_(self._sens_t)
-            return
-        src, dst = ids.cpu(), ids.to(self.device)
-        self.qpos[dst] = self._state_t[src, self._qs].to(self.device, torch.float32)
-        self.qvel[dst] = self._state_t[src, self._vs].to(self.device, torch.float32)
-        self.sensordata[dst] = self._sens_t[src].to(self.device, torch.float32)
-
-    def _advance(self, ctrl, bad):
-        self._ctrl_t.copy_(ctrl)
-        b = bad.cpu().numpy()                         # MuJoCo's inputs are numpy: the rows are found there, not on the device
-        if b.any():                                   # never hand MuJoCo a NaN: those envs restart from default
-            ids = np.flatnonzero(b)
-            self._ctrl[ids] = self.g1.default_joint_pos
-            self._state[ids, self._qs] = self.g1.default_qpos; self._state[ids, self._vs] = 0
-        self._rollout.rollout(self._models, self._datas, self._state, self._ctrl, skip_checks=True, nstep=self.decimation,
-                              state=self._out, sensordata=self._sens_out, initial_warmstart=None, chunk_size=None)
-        np.copyto(self._state, self._out[:, -1])
-        np.copyto(self._sens, self._sens_out[:, -1])
-        flagged = torch.from_numpy(self._state[:, 0] < self._late)
-        self._state[:, 0] = _T0
-        self._publish()
-        return flagged.to(self.device)
-
-    def _reset_where(self, mask):
-        i = np.flatnonzero(mask.cpu().numpy())
-        if not len(i): return
-        self._state[i, self._qs] = self.g1.default_qpos
-        self._state[i, self._vs] = 0; self._sens[i] = 0
-        self._publish(torch.from_numpy(i))
-
-    def _set_rows_where(self, mask, qpos, qvel):
-        i = np.flatnonzero(mask.cpu().numpy())
-        if not len(i): return
-        if qpos is not None: self._state[i, self._qs] = qpos.detach().cpu().double().numpy()[i]
-        if qvel is not None: self._state[i, self._vs] = qvel.detach().cpu().double().numpy()[i]
-        self._sens[i] = 0
-        self._publish(torch.from_numpy(i))
-
-    def _set_rows(self, ids, qpos, qvel):
-        i = ids.cpu().numpy()
-        if qpos is not None: self._state[i, self._qs] = qpos.detach().cpu().double().numpy()
-        if qvel is not None: self._state[i, self._vs] = qvel.detach().cpu().double().numpy()
-        self._sens[i] = 0
-        self._publish(ids)
-
-    def _write_fields(self, ids, fields):
-        if self._models[0] is self.model:
-            self._models = [copy.copy(self.model) for _ in range(self.num_envs)]   # first randomization: own models
-        arrays = {k: v.numpy() for k, v in fields.items()}
-        for row, i in enumerate(ids.tolist()):        # per-env MjModels are separate C structs: one write each
-            m = self._models[i]
-            for k, a in arrays.items(): getattr(m, k)[:] = a[row]
-
-    def _engine_state(self):
-        return {"qpos": torch.from_numpy(self._state[:, self._qs].copy()), "qvel": torch.from_numpy(self._state[:, self._vs].copy()),
-                "sensordata": torch.from_numpy(self._sens.copy())}
-
-    def _load_engine_state(self, sd):
-        self._state[:, 0] = _T0
-        self._state[:, self._qs] = sd["qpos"].double().numpy(); self._state[:, self._vs] = sd["qvel"].double().numpy()
-        self._sens[:] = sd["sensordata"].double().numpy()
-        self._publish()
-
-    def close(self):
-        if self._rollout is not None: self._rollout.close(); self._rollout = None
-
-# %% ../nbs/02_sim.ipynb #a91dbba4
-class WarpSim(Sim):
-    "MuJoCo Warp: N worlds on a GPU (or the CPU), state shared zero-copy with torch."
-    backend = "warp"
-
-    def __init__(self, g1: G1, num_envs: int, device="cpu", cfg: DictConfig | None = None):
-        super().__init__(g1, num_envs, device, cfg if cfg is not None else sim_cfg())
-        import warp as wp
-        wp.config.log_level = max(wp.config.log_level, wp.LOG_WARNING)   # no line per kernel module loaded
-        import mujoco_warp as mjw
-        from mujoco_warp._src.types import OverflowType
-        self._wp, self._mjw, self.nthread = wp, mjw, None
-        self._wdev = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index}"
-        nconmax, njmax = contact_capacity(self.model)
-        self.nconmax = int(self.cfg.warp.nconmax or nconmax)
-        self.njmax = int(self.cfg.warp.njmax or njmax)
-        if self.nconmax < 1 or self.njmax < 1:
-            raise SimConfigError(f"sim.warp.nconmax and njmax must be positive (or null: sized from the model), "
-                                 f"got {self.nconmax} and {self.njmax}") from None
-        m, N = self.model, self.num_envs
-        with wp.ScopedDevice(self._wdev):
-            self._wm = mjw.put_model(m, batch_sizes={f: N for f in PARAM_FIELDS})
-            d = mujoco.MjData(m); d.qpos[:] = g1.default_qpos; d.ctrl[:] = g1.default_joint_pos   # no contacts yet
-            self._wd = mjw.put_data(m, d, nworld=N, nconmax=self.nconmax, njmax=self.njmax)
-            self._stage = wp.zeros((self.decimation, N, m.nu), dtype=float)
-        wd = self._wd
-        self.qpos, self.qvel = wp.to_torch(wd.qpos), wp.to_torch(wd.qvel)
-        self.sensordata, self._warm = wp.to_torch(wd.sensordata), wp.to_torch(wd.qacc_warmstart)
-        self._overflow, self._stage_t = wp.to_torch(wd.overflow), wp.to_torch(self._stage)
-        self._fields = {f: wp.to_torch(getattr(self._wm, f)) for f in PARAM_FIELDS}
-        self._wm.opt.warn_overflow = 0                # counted and logged instead (see counters())
-        self._lost_rows = int(OverflowType.NEFC | OverflowType.NJMAX_NNZ)
-        self._pool = int(OverflowType.BROADPHASE | OverflowType.NARROWPHASE)
-        self._iter_limit = int(OverflowType.ITERATIONS)
-        zero = lambda: torch.zeros((), dtype=torch.int64, device=self.device)
-        self._counts = {"overflow_constraint": zero(), "overflow_contact": zero(), "solver_iter_limit": zero()}
-        self._graph, self._use_graph = None, bool(self.cfg.warp.graph)
-        self._stream = wp.get_device(self._wdev).stream if self.device.type == "cuda" else None
-        self._streams = {}
-
-    @property
-    def overflow_total(self) -> int:
-        "Env-steps in which Warp's contact or constraint buffers overflowed (reads the device; see `counters()`)."
-        return int(self._counts["overflow_constraint"] + self._counts["overflow_contact"])
-
-    def _torch_stream(self):
-        "Torch's current CUDA stream as a Warp stream (cached: registering a stream is not free)."
-        ts = torch.cuda.current_stream(self.device)
-        if ts.cuda_stream not in self._streams: self._streams[ts.cuda_stream] = self._wp.stream_from_torch(ts)
-        return self._streams[ts.cuda_stream]
-
-    def _substeps(self):
-        for k in range(self.decimation):
-            self._wp.copy(self._wd.ctrl, self._stage[k])
-            self._mjw.step(self._wm, self._wd)
-
-    def _run(self):
-        wp = self._wp
-        if self._graph is not None:
-            wp.capture_launch(self._graph)
-            return
-        self._substeps()                              # eager: the first call compiles every kernel
-        if self._use_graph:
-            try:
-                with wp.ScopedCapture() as capture: self._substeps()
-                self._graph = capture.graph
-            except Exception as e:  # some drivers cannot capture everything; eager stepping stays correct
-                warnings.warn(f"MuJoCo Warp graph capture failed on {self._wdev} ({type(e).__name__}: {e}); stepping eagerly")
-                self._use_graph = False
-
-    def _advance(self, ctrl, bad):
-        b = bad[:, None]
-        self._stage_t.copy_(torch.where(bad[None, :, None], self._default_ctrl, ctrl.transpose(0, 1)))
-        self.qpos.copy_(torch.where(b, self._default_qpos, self.qpos))
-        self.qvel.masked_fill_(b, 0.0); self._warm.masked_fill_(b, 0.0)
-        self._overflow.zero_()
-        wp = self._wp
-        with wp.ScopedDevice(self._wdev):
-            if self._stream is not None:           # warp's stream waits for torch's writes, torch for warp's results
-                torch_stream = self._torch_stream()
-                self._stream.wait_stream(torch_stream)
-                with wp.ScopedStream(self._stream): self._run()
-                torch_stream.wait_stream(self._stream)
-            else:
-                self._run()
-        over = self._overflow                         # OR over the substeps of this control step
-        rows, pool = (over & self._lost_rows) != 0, (over & self._pool) != 0
-        self._counts["overflow_constraint"] += rows.sum()
-        self._counts["overflow_contact"] += pool.sum()
-        self._counts["solver_iter_limit"] += ((over & self._iter_limit) != 0).sum()
-        return rows | pool                            # lost constraints or dropped contacts: reset
-
-    def _reset_where(self, mask):
-        b = mask[:, None]
-        self.qpos.copy_(torch.where(b, self._default_qpos, self.qpos))
-        self.qvel.masked_fill_(b, 0.0); self._warm.masked_fill_(b, 0.0); self.sensordata.masked_fill_(b, 0.0)
-
-    def _set_rows_where(self, mask, qpos, qvel):
-        b = mask[:, None]
-        if qpos is not None: self.qpos.copy_(torch.where(b, qpos.to(torch.float32), self.qpos))
-        if qvel is not None: self.qvel.copy_(torch.where(b, qvel.to(torch.float32), self.qvel))
-        self._warm.masked_fill_(b, 0.0); self.sensordata.masked_fill_(b, 0.0)
-
-    def _set_rows(self, ids, qpos, qvel):
-        if qpos is not None: self.qpos[ids] = qpos.to(torch.float32)
-        if qvel is not None: self.qvel[ids] = qvel.to(torch.float32)
-        self._warm[ids] = 0.0; self.sensordata[ids] = 0.0
-
-    def _write_fields(self, ids, fields):
-        for k, v in fields.items():
-            self._fields[k][ids] = v.to(self.device, torch.float32).reshape(self._fields[k][ids].shape)
-
-    def _engine_state(self):
-        return {"qpos": self.qpos, "qvel": self.qvel, "sensordata": self.sensordata, "qacc_warmstart": self._warm}
-
-    def _load_engine_state(self, sd):
-        self.qpos.copy_(sd["qpos"]); self.qvel.copy_(sd["qvel"]); self.sensordata.copy_(sd["sensordata"])
-        if "qacc_warmstart" in sd: self._warm.copy_(sd["qacc_warmstart"])
-        else: self._warm.zero_()
-
-    def close(self):
-        self._graph = None
+@patch
+def close(self: Sim) -> None: pass
+@patch
+def __enter__(self: Sim): return self
+@patch
+def __exit__(self: Sim, *exc): self.close()
+@patch
+def __repr__(self: Sim):
+    return f"{type(self).__name__}(num_envs={self.num_envs}, device={self.device}, decimation={self.decimation})"
 
 # %% ../nbs/02_sim.ipynb #e4ea167d
 def make_sim(g1: G1, num_envs: int, backend: str = "auto", device: str = "auto", nthread: int | None = None,
@@ -559,5 +322,17 @@ def make_sim(g1: G1, num_envs: int, backend: str = "auto", device: str = "auto",
     "N G1 simulations on `backend` (auto|mujoco|warp) with tensors on `device` (auto|cpu|cuda[:N]); `cfg`: the `sim` config section."
     backend, dev = resolve_backend(backend, device)
     cfg = cfg if cfg is not None else sim_cfg()
-    if backend == "mujoco": return MujocoSim(g1, num_envs, dev, nthread=nthread, cfg=cfg)
+    if backend == "mujoco":
+        from g1track.sim_mujoco import MujocoSim
+        return MujocoSim(g1, num_envs, dev, nthread=nthread, cfg=cfg)
+    from g1track.sim_warp import WarpSim
     return WarpSim(g1, num_envs, dev, cfg=cfg)
+
+# %% ../nbs/02_sim.ipynb #b7733e67
+_MOVED = {"MujocoSim": "g1track.sim_mujoco", "WarpSim": "g1track.sim_warp", "contact_capacity": "g1track.sim_warp"}
+
+def __getattr__(name):
+    "Names that moved to the engine modules, loaded on first use (a module-level `__getattr__`, PEP 562)."
+    if name not in _MOVED: raise AttributeError(f"module 'g1track.sim' has no attribute '{name}'")
+    import importlib
+    return getattr(importlib.import_module(_MOVED[name]), name)

@@ -1,5 +1,5 @@
 """What each stage of the teacher → adaptation → student pipeline runs, trains, freezes and logs —
-exactly the pipeline quick reference's table — and the loop that runs one iteration of a stage.
+exactly the stage table of the pipeline (README) — and the loop that runs one iteration of a stage.
 
 Docs: https://g1track.github.io/g1track/stages.html.md"""
 
@@ -12,10 +12,9 @@ __all__ = ['STAGES', 'NETWORKS', 'Stage', 'get_stage', 'trained_networks', 'ppo_
 import math, time
 from dataclasses import dataclass
 import torch
-from tensordict import TensorDict
 from omegaconf import DictConfig
-from .modules import TrackingPolicy
-from .ppo import PPO, RolloutStorage, entropy_schedule, world_size, is_rank_zero, truncation_values
+from .modules import ACTORS, TrackingPolicy
+from .ppo import PPO, RolloutStorage, entropy_schedule, world_size, truncation_values, explained_variance
 
 # %% ../nbs/06_stages.ipynb #22a2e661
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def stage_table(warmup: float = 0.025) -> str:
         for i, s in enumerate(stages):
             trains = n in trained_networks(s, 1.0, warmup)
             late = trains and n not in trained_networks(s, 0.0, warmup)
-            acts = n in (("encoder_priv", "actor_teacher") if s.actor == "teacher" else ("adapt_module", "actor_student"))
+            acts = n in ACTORS[s.actor]
             later = any(n in trained_networks(t, 1.0, warmup) for t in stages[i + 1:])
             if trains: cells.append("trained (after the critic warm-up)" if late else "trained")
             elif acts or n == "critic": cells.append("frozen")
@@ -78,7 +77,7 @@ class StageRunner:
         self.stage = get_stage(cfg.stage)
         self.algo = PPO(policy, cfg.algo, generator=generator)
         self.T = int(cfg.algo.train_every)
-        self.storage = RolloutStorage(self.T, env.num_envs, env.obs_dims, 29, env.device)
+        self.storage = RolloutStorage(self.T, env.num_envs, env.obs_dims, env.nj, env.device)
         self.frames_per_iteration = env.num_envs * self.T * world_size()
         self.total_iterations = max(1, math.ceil(float(cfg.total_frames) / self.frames_per_iteration))
         self.warmup = float(cfg.algo.critic_warmup)
@@ -130,7 +129,9 @@ class StageRunner:
 
     @torch.no_grad()
     def estimator_loss(self) -> dict:
-        "MSE of adapt_module against encoder_priv on the last rollout, measured without training."
+        "MSE and explained variance (R²) of adapt_module against encoder_priv on the last rollout, measured without training."
         obs = self.storage.data["obs"].reshape(-1)
         pol = self.policy
-        return {"adapt/estimator_loss": float(torch.nn.functional.mse_loss(pol.latent_hat(obs), pol.latent(obs)))}
+        z_hat, z = pol.latent_hat(obs), pol.latent(obs)
+        mse, r2 = torch.stack([torch.nn.functional.mse_loss(z_hat, z), explained_variance(z_hat, z)]).tolist()   # one read
+        return {"adapt/estimator_loss": mse, "adapt/estimator_r2": r2}

@@ -1,5 +1,5 @@
 """`torchrun --nproc_per_node=N -m g1track.train task=G1/G1_tracking +exp=train wandb.id=...` — the
-pipeline quick reference's commands: Hydra config, distributed ranks, W&B (offline unless you logged
+pipeline's commands (README): Hydra config, distributed ranks, W&B (offline unless you logged
 in), a progress bar, atomic checkpoints that any stage resumes from, and clear errors for the wrong one.
 
 Docs: https://g1track.github.io/g1track/train.html.md"""
@@ -13,7 +13,7 @@ __all__ = ['CHECKPOINT_FORMAT', 'LEGACY_SETTINGS', 'CheckpointError', 'atomic_sa
            'make_deterministic', 'Run', 'env_state_file', 'rng_states', 'restore_rng_states', 'train', 'main']
 
 # %% ../nbs/07_train.ipynb #e59eaf7f
-import os, sys, json, math, time, glob, pathlib, datetime, netrc, contextlib
+import os, sys, json, time, pathlib, datetime, netrc
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf, DictConfig
@@ -22,7 +22,8 @@ from .config import ConfigError
 from .env import TrackingEnv, GROUPS
 from .modules import TrackingPolicy
 from .ppo import broadcast_module_
-from .stages import StageRunner, get_stage, STAGES
+from .robot import G1_JOINT_NAMES
+from .stages import StageRunner, get_stage
 
 # %% ../nbs/07_train.ipynb #4be6a890
 CHECKPOINT_FORMAT = "g1track-checkpoint/1"
@@ -67,6 +68,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a g1track checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return ckpt
 
+# %% ../nbs/07_train.ipynb #683721b9
 # Settings that did not exist when older checkpoints were written, with the value those checkpoints were trained
 # with (not today's default): the solver then ran on MuJoCo's own settings. Settings missing here that code reads
 # with a default (e.g. algo.lr_schedule, policy.log_std_bounds) need no entry.
@@ -83,25 +85,36 @@ def checkpoint_config(ckpt: dict) -> DictConfig:
 def policy_from_checkpoint(ckpt: dict, device="cpu") -> TrackingPolicy:
     "The TrackingPolicy of a checkpoint (normalizers included), in eval mode, on `device`."
     cfg = checkpoint_config(ckpt)
-    policy = TrackingPolicy(ckpt["obs_dims"], 29, cfg.policy)
+    policy = TrackingPolicy(ckpt["obs_dims"], len(G1_JOINT_NAMES), cfg.policy)
     policy.load_state_dict(ckpt["policy"])
     policy.set_vecnorm("eval")
     return policy.to(device).eval()
 
+# %% ../nbs/07_train.ipynb #9e36f72e
 def layout_of(env) -> dict:
-    "The observation layout as plain data: {group: [[term, start, stop], ...]}."
-    return {g: [[n, sl.start, sl.stop] for n, sl in env.layout[g]] for g in GROUPS}
+    "The observation layout as plain data: {group: [[term, start, stop], ...]}, plus the history offsets of a term that has one."
+    out = {}
+    for g in GROUPS:
+        history = getattr(env, "history", {}).get(g, {})        # {term: offsets}, only for terms with a history
+        out[g] = [[n, sl.start, sl.stop] + ([[int(k) for k in history[n]]] if n in history else []) for n, sl in env.layout[g]]
+    return out
+
+def _describe_term(entry) -> str:
+    "A layout entry in words: its width, and its history when it has one."
+    return f"width {entry[2] - entry[1]}" + (f", history {list(entry[3])}" if len(entry) > 3 else "")
 
 def check_layout(ckpt: dict, env, path="the checkpoint") -> None:
-    "Refuse weights trained on a different observation layout, naming the first difference."
+    "Refuse weights trained on a different observation layout (terms, widths, order, histories), naming the differences."
     saved, now = ckpt["obs_layout"], layout_of(env)
     for g in GROUPS:
-        if saved.get(g) != now[g]:
-            a = {t[0]: t[2] - t[1] for t in saved.get(g, [])}; b = {t[0]: t[2] - t[1] for t in now[g]}
-            diff = sorted(set(a.items()) ^ set(b.items()))
-            raise CheckpointError(f"{path} was trained with a different '{g}' observation layout (differing terms: {diff}); "
-                                  f"use the task config it was trained with")
+        if saved.get(g) == now[g]: continue
+        a = {t[0]: _describe_term(t) for t in saved.get(g, [])}; b = {t[0]: _describe_term(t) for t in now[g]}
+        diff = [f"{n}: {a.get(n, 'absent')} in the checkpoint, {b.get(n, 'absent')} now" for n in sorted(a.keys() | b.keys())
+                if a.get(n) != b.get(n)]
+        raise CheckpointError(f"{path} was trained with a different '{g}' observation layout (differing terms: "
+                              f"{'; '.join(diff) or 'the same terms in another order'}); use the task config it was trained with")
 
+# %% ../nbs/07_train.ipynb #5975c7c9
 def start_mode(ckpt: dict | None, stage: str, path="the checkpoint") -> str:
     "'scratch', 'start' (from the previous stage) or 'resume' (the same stage); a clear error otherwise."
     s = get_stage(stage)
@@ -276,6 +289,32 @@ def _load_env_state(path: pathlib.Path, iteration: int, rank: int, env, runner) 
     restore_rng_states(sd, env.device)
     return True
 
+def _gather_states(state: torch.Tensor) -> list:
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, state)
+    return out
+
+# %% ../nbs/07_train.ipynb #643de2da
+def _checkpoint(cfg: DictConfig, iteration: int, world: int, env, policy, runner, generators: list) -> dict:
+    "What a checkpoint after `iteration` iterations holds (rank 0 writes it)."
+    return dict(format=CHECKPOINT_FORMAT, g1track_version=g1track.__version__, stage=cfg.stage,
+                iteration=iteration, frames=iteration * runner.frames_per_iteration, world_size=world,
+                num_envs=env.num_envs, policy=policy.state_dict(), optimizer=runner.algo.state_dict(),
+                obs_layout=layout_of(env), obs_dims=dict(env.obs_dims), config=OmegaConf.to_yaml(cfg),
+                ppo_generator=generators)
+
+def _progress_bar(cfg: DictConfig, runner, start_iteration: int, rank: int):
+    "A tqdm bar over frames (rank 0, `progress=true`), its postfix the return, episode length and tracking error."
+    from tqdm.auto import tqdm
+    return tqdm(total=runner.total_iterations * runner.frames_per_iteration, initial=start_iteration * runner.frames_per_iteration,
+                unit="frame", unit_scale=True, disable=rank != 0 or not cfg.progress, dynamic_ncols=True, desc=cfg.stage)
+
+def _show(bar, logs: dict, frames: int) -> None:
+    bar.update(frames)
+    bar.set_postfix(ret=f"{logs.get('episode/return', float('nan')):.2f}", len=f"{logs.get('episode/length_s', float('nan')):.1f}s",
+                    err=f"{100 * logs.get('metrics/body_pos_error_m', float('nan')):.1f}cm", refresh=False)
+
+# %% ../nbs/07_train.ipynb #e95375c7
 def train(cfg: DictConfig) -> dict:
     "Run one stage (`cfg.stage`) to `cfg.total_frames`; returns a summary (run id, folder, checkpoint, last logs)."
     if cfg.stage is None: raise ConfigError("choose a stage: +exp=train, +exp=adapt or +exp=finetune")
@@ -288,7 +327,7 @@ def train(cfg: DictConfig) -> dict:
     mode = start_mode(ckpt, cfg.stage, ckpt_path)
     env = TrackingEnv(cfg.task, device=device if device != "cpu" else cfg.task.device, seed=int(cfg.seed) + rank)
     if ckpt is not None: check_layout(ckpt, env, ckpt_path)
-    policy = TrackingPolicy(env.obs_dims, 29, cfg.policy).to(env.device)
+    policy = TrackingPolicy(env.obs_dims, env.g1.nj, cfg.policy).to(env.device)
     gen = torch.Generator(device=env.device); gen.manual_seed(int(cfg.seed) + 7919 * rank)
     runner = StageRunner(env, policy, cfg, generator=gen)
     start_iteration = 0
@@ -307,9 +346,7 @@ def train(cfg: DictConfig) -> dict:
         print(f"[g1track] stage={cfg.stage} ({mode}{' from ' + str(ckpt_path) if ckpt_path else ''}) run={cfg.wandb.project}/{run.run_id} "
               f"ranks={world} envs/rank={env.num_envs} device={env.device} backend={type(env.sim).__name__} "
               f"iterations={runner.total_iterations} frames/iteration={runner.frames_per_iteration}", flush=True)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=runner.total_iterations * runner.frames_per_iteration, initial=start_iteration * runner.frames_per_iteration,
-               unit="frame", unit_scale=True, disable=rank != 0 or not cfg.progress, dynamic_ncols=True, desc=cfg.stage)
+    bar = _progress_bar(cfg, runner, start_iteration, rank)
     logs, path = {}, None
     gens = lambda: [gen.get_state()] if world == 1 else _gather_states(gen.get_state())
     try:
@@ -321,17 +358,9 @@ def train(cfg: DictConfig) -> dict:
             logs.update({"perf/frames_per_s": runner.frames_per_iteration / dt, "perf/iteration_s": dt,
                          "frames": (it + 1) * runner.frames_per_iteration})
             run.log(logs, it + 1)
-            bar.update(runner.frames_per_iteration)
-            bar.set_postfix(ret=f"{logs.get('episode/return', float('nan')):.2f}", len=f"{logs.get('episode/length_s', float('nan')):.1f}s",
-                            err=f"{100 * logs.get('metrics/body_pos_error_m', float('nan')):.1f}cm", refresh=False)
-            last = it + 1 == runner.total_iterations
-            if last or (it + 1) % int(cfg.save_every) == 0:
-                states = gens()
-                path = run.save(dict(format=CHECKPOINT_FORMAT, g1track_version=g1track.__version__, stage=cfg.stage,
-                                     iteration=it + 1, frames=(it + 1) * runner.frames_per_iteration, world_size=world,
-                                     num_envs=env.num_envs, policy=policy.state_dict(), optimizer=runner.algo.state_dict(),
-                                     obs_layout=layout_of(env), obs_dims=dict(env.obs_dims), config=OmegaConf.to_yaml(cfg),
-                                     ppo_generator=states),
+            _show(bar, logs, runner.frames_per_iteration)
+            if it + 1 == runner.total_iterations or (it + 1) % int(cfg.save_every) == 0:
+                path = run.save(_checkpoint(cfg, it + 1, world, env, policy, runner, gens()),
                                 dict(env=env.state_dict(), obs=runner.obs, **rng_states(env.device)), it + 1)
     finally:
         bar.close(); run.close(); env.close()
@@ -340,16 +369,10 @@ def train(cfg: DictConfig) -> dict:
     return dict(run_id=run.run_id, folder=run.folder, checkpoint=path, logs=logs, iterations=runner.total_iterations, policy=policy,
                 resumed_env=getattr(runner, "resumed_env", False))
 
-def _gather_states(state: torch.Tensor) -> list:
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, state)
-    return out
-
 # %% ../nbs/07_train.ipynb #af6712f4
 def main() -> None:
     "Entry point of `python -m g1track.train` / `torchrun -m g1track.train` (Hydra overrides on the command line)."
     import hydra
-    from hydra.core.hydra_config import HydraConfig
     @hydra.main(config_path=str(pathlib.Path(__file__).resolve().parent / "cfg"), config_name="train", version_base=None)
     def _run(cfg: DictConfig) -> None:
         try: train(cfg)

@@ -28,7 +28,10 @@ def test_layout_is_contiguous_and_matches_the_observations(squat):
         slices = [sl for _, sl in env.layout[g]]
         assert slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
         assert obs[g].shape == (4, env.obs_dims[g]) and torch.isfinite(obs[g]).all()
-    assert env.obs_dims["policy"] == 5 * 29 * 2 + 5 * 6 + 3 + 3 + 29 * 3
+    # reference joints and anchor orientation over 5 future frames, IMU, joint positions 0-4 and 8 steps back,
+    # joint velocities, the last 3 actions
+    assert env.obs_dims["policy"] == 5 * 29 * 2 + 5 * 6 + 3 + 3 + 29 * 6 + 29 + 29 * 3
+    assert env.history["policy"] == {"joint_pos": [0, 1, 2, 3, 4, 8], "last_action": [0, 1, 2]}
     table = env.layout_table()
     assert "ref_joint_pos" in table and "future_body_pos_error" in table and str(env.obs_dims["priv"]) in table
 
@@ -122,6 +125,7 @@ def test_mirrored_state_gives_mirrored_observations():
     env.target[:] = env.default_joint_pos + env.joint_offset
     env.last_action[:] = torch.stack([a := 0.3 * torch.randn(29, generator=gen), g1.mirror_joints(a)])
     env._read_state()
+    env.restart_history()                             # the history starts at the state placed by hand
     static = env.observe()
     mirrored_static = env.mirror.obs(static[:1])
     for g in GROUPS:                                  # the same state, before any physics: exact mirror images
@@ -268,3 +272,135 @@ def test_warp_overflow_is_logged_and_resets_the_envs_that_lost_contacts(squat):
     for _ in range(3): ok.step(torch.zeros(2, 29))
     log = ok.pop_log()
     assert log["sim/overflow_contact"] == 0 and log["sim/overflow_constraint"] == 0
+
+
+# ---- observation history ----------------------------------------------------------------------------------------
+HIST = "task.observations.policy=[joint_vel,{joint_pos:{history:[0,1,3]}},{last_action:{history:2}}]"
+
+
+def test_a_history_term_stacks_past_values_offset_major_and_starts_from_the_reset_state(squat):
+    env = make_env(*QUIET, HIST, n=3, clips=[squat])
+    nj = env.nj
+    env.set_fixed_starts(torch.zeros(3))
+    obs = env.reset()
+    jp = dict(env.layout["policy"])["joint_pos"]
+    assert jp.stop - jp.start == 3 * nj
+    first = obs["policy"][:, jp].view(3, 3, nj)
+    assert torch.equal(first[:, 0], first[:, 1]) and torch.equal(first[:, 0], first[:, 2])   # reset: repeated
+    seen = [first[:, 0]]
+    for t in range(5):
+        a = 0.2 * torch.randn(3, nj)
+        out = env.step(a)
+        assert not out["terminated"].any() and not out["truncated"].any()
+        now = out["obs"]["policy"]
+        seen.append(now[:, jp][:, :nj].clone())
+        blocks = now[:, jp].view(3, 3, nj)
+        for k, off in enumerate((0, 1, 3)):
+            assert torch.equal(blocks[:, k], seen[max(len(seen) - 1 - off, 0)]), (t, off)
+        la = now[:, dict(env.layout["policy"])["last_action"]].view(3, 2, nj)
+        assert torch.allclose(la[:, 0], a)
+
+
+def test_a_reset_env_history_restarts_while_the_others_keep_theirs(squat):
+    env = make_env(*QUIET, HIST, n=2, clips=[squat])
+    env.set_fixed_starts(torch.zeros(2))
+    env.reset()
+    for _ in range(4): out = env.step(0.3 * torch.randn(2, env.nj))
+    jp = dict(env.layout["policy"])["joint_pos"]
+    env.reset(torch.tensor([0]))
+    obs = env.observe()["policy"][:, jp].view(2, 3, env.nj)
+    assert torch.equal(obs[0, 0], obs[0, 2]) and torch.equal(obs[0, 0], obs[0, 1])       # env 0: its new start, repeated
+    assert not torch.equal(obs[1, 0], obs[1, 2])                                           # env 1: still its past
+
+
+def test_history_noise_is_drawn_once_when_recorded(squat):
+    env = make_env("task.randomization.enabled=false", HIST, n=2, clips=[squat])
+    env.reset()
+    jp = dict(env.layout["policy"])["joint_pos"]
+    nj = env.nj
+    prev = env.step(torch.zeros(2, nj))["obs"]["policy"][:, jp].view(2, 3, nj)
+    now = env.step(torch.zeros(2, nj))["obs"]["policy"][:, jp].view(2, 3, nj)
+    assert torch.equal(now[:, 1], prev[:, 0])                # the noisy value of one step ago, not a new draw
+    assert env._noise[jp].abs().sum() == 0                   # the group's per-observation noise skips the history
+
+
+def test_history_appears_in_the_layout_table_and_mirrors_block_by_block(squat):
+    env = make_env(*QUIET, HIST, n=2, clips=[squat])
+    table = env.layout_table()
+    assert "0, 1, 3" in table.splitlines()[2] and "0, 1" in table.splitlines()[3]
+    obs = env.reset()
+    for _ in range(3): obs = env.step(0.2 * torch.randn(2, env.nj))["obs"]
+    jp = dict(env.layout["policy"])["joint_pos"]
+    m = env.mirror.obs(obs)["policy"][:, jp].view(2, 3, env.nj)
+    for k in range(3):
+        block = obs["policy"][:, jp].view(2, 3, env.nj)[:, k]
+        assert torch.allclose(m[:, k], env.mirror.action(block), atol=1e-6)        # joint vectors mirror like actions
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{joint_pos:{history:0}}", "history of observation term 'joint_pos'"),
+    ("{joint_pos:{history:[0,0]}}", "distinct offsets"),
+    ("{joint_pos:{hist:3}}", "unknown keys"),
+    ("joint_pos,{joint_pos:{history:2}}", "appear twice"),
+])
+def test_a_bad_history_fails_at_construction_with_one_clear_sentence(squat, entry, message):
+    with pytest.raises(ConfigError, match=message):
+        make_env(f"task.observations.policy=[{entry}]", clips=[squat])
+
+
+def test_history_round_trips_with_the_environment_state(squat):
+    a = make_env(*QUIET, HIST, n=2, clips=[squat])
+    a.reset()
+    for _ in range(5): a.step(0.2 * torch.randn(2, a.nj))
+    sd = a.state_dict()
+    b = make_env(*QUIET, HIST, n=2, clips=[squat])
+    b.load_state_dict(sd)
+    torch.manual_seed(1); x = 0.2 * torch.randn(2, a.nj)
+    assert torch.equal(a.step(x)["obs"]["policy"], b.step(x)["obs"]["policy"])
+
+
+# ---- MDP fixes ----------------------------------------------------------------------------------------------
+def test_failure_counts_decay_per_control_step_with_the_configured_half_life(squat):
+    env = make_env(*QUIET, clips=[squat])
+    hl = float(env.c.sampling.failure_half_life_s)
+    assert env.sampler.decay == pytest.approx(0.5 ** (env.dt / hl))
+    env.sampler.counts.zero_(); env.sampler.counts[2] = 8.0
+    no = torch.zeros(env.num_envs, dtype=torch.bool)
+    for _ in range(round(hl / env.dt)): env.sampler.record(env.clip, env.frame, no)
+    assert env.sampler.counts[2].item() == pytest.approx(4.0, rel=1e-3)     # half after one half-life of steps
+    assert hl >= 10.0                                                        # tens of seconds, not ~1 s of experience
+
+
+def test_undesired_contacts_skip_hands_and_feet_and_need_a_force_above_the_threshold(squat):
+    env = make_env(*QUIET, clips=[squat])
+    bodies = list(env.cfg.robot.undesired_contact_bodies)
+    assert not [b for b in bodies if "wrist" in b or "ankle" in b]
+    from g1track.rewards import undesired_contacts
+    env.touch = torch.tensor([[0.0] * len(bodies), [0.5] + [0.0] * (len(bodies) - 1), [2.0, 3.0] + [0.0] * (len(bodies) - 2),
+                              [1.0] * len(bodies)])
+    assert undesired_contacts(env, None, threshold_n=1.0).tolist() == [0.0, 0.0, 2.0, 0.0]
+    assert env.c.rewards.undesired_contacts.threshold_n == 1.0
+
+
+def test_after_a_reset_the_delayed_substeps_hold_the_pose_the_robot_was_placed_in(squat):
+    env = make_env("task.observations.noise.enabled=false", n=3, clips=[squat])
+    env.reset()
+    placed = env.qpos[:, 7:].clone()
+    assert torch.allclose(env.target, placed)
+    env.action_delay.fill_(0.01)                                     # two of four substeps hold the previous target
+    ctrl = env._ctrl(torch.zeros(3, env.nj))
+    assert torch.allclose(ctrl[:, 0], placed) and torch.allclose(ctrl[:, -1], env.default_joint_pos + env.joint_offset)
+
+
+def test_each_step_returns_its_weighted_reward_terms_summing_to_the_reward(squat):
+    env = make_env(*QUIET, clips=[squat])
+    env.reset()
+    out = env.step(torch.zeros(4, env.nj))
+    terms = out["reward_terms"]
+    assert sorted(terms.keys()) == sorted(REWARD_TERMS)
+    assert torch.allclose(sum(terms[k] for k in terms.keys()), out["reward"], atol=1e-6)
+
+
+def test_a_reward_parameter_the_term_does_not_take_is_refused(squat):
+    with pytest.raises(ConfigError, match="rewards.body_pos has parameters"):
+        make_env("+task.rewards.body_pos.width=2", clips=[squat])

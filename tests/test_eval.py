@@ -1,6 +1,6 @@
 """Evaluation, export and sim2sim: metrics on hand-built cases, a real tiny pipeline evaluated, exported,
 checked against onnxruntime, replayed in the plain MuJoCo loop, and the errors a user can run into."""
-import json, shutil, subprocess, sys, pathlib
+import json, shutil, subprocess, sys
 import numpy as np
 import pytest
 import torch
@@ -180,7 +180,9 @@ def test_export_matches_onnxruntime_and_carries_deployment_metadata(exported, ru
     assert np.allclose(meta["kd"], g1.kd) and np.allclose(meta["action_scale"], g1.action_scale)
     assert np.allclose(meta["effort_limit"], g1.effort)
     assert meta["control_dt"] == pytest.approx(0.02) and meta["decimation"] == 4 and meta["physics_dt"] == pytest.approx(0.005)
-    assert [[t["name"], t["start"], t["stop"]] for t in meta["observation"]["terms"]] == ckpt["obs_layout"]["policy"]
+    # every layout entry, a term's history (steps back) included, as the checkpoint has it
+    assert [[t["name"], t["start"], t["stop"], *([t["history"]] if "history" in t else [])]
+            for t in meta["observation"]["terms"]] == ckpt["obs_layout"]["policy"]
     assert meta["observation"]["future_frames"] == list(task.future_frames) and meta["anchor_body"] == "torso_link"
     assert meta["tracked_bodies"] == list(task.robot.tracked_bodies)
     assert meta["source"]["stage"] == "adapt" and meta["source"]["run"] == "g1track/ev_adapt" and meta["g1track_version"]
@@ -190,30 +192,42 @@ def test_export_matches_onnxruntime_and_carries_deployment_metadata(exported, ru
     assert deploy["sha256"] == hashlib.sha256(ex.onnx_path.read_bytes()).hexdigest()
 
 
-def test_sim2sim_observes_and_moves_like_the_environment(exported, evaluation):
+def _observation_parity(meta, model, ref, env_ep):
+    "sim2sim's observation of each state the env's episode went through, from its start (histories rebuilt step by step), equals the env's."
     import mujoco
     from g1track.eval import sim2sim as s2s
-    meta = s2s.read_metadata(exported.onnx_path)
-    layout = [(t["name"], t["start"], t["stop"]) for t in meta["observation"]["terms"]]
-    model = s2s.deployment_model(meta)
-    ref = s2s.load_reference("builtin:squat", meta)
-    env_ep = evaluation.episodes["student"][0]
-    # 1. every policy term, computed from MjData in numpy, equals the environment's on the same states
     d = mujoco.MjData(model)
     s = s2s.State(model, d, meta, ref)
+    observer = s2s.Observer(s2s.metadata_layout(meta))
     for k in range(env_ep.num_steps):
         qpos, qvel = (ref.qpos[0], ref.qvel[0]) if k == 0 else (env_ep.extras["qpos"][k - 1], env_ep.extras["qvel"][k - 1])
         d.qpos[:], d.qvel[:] = qpos, qvel
         mujoco.mj_kinematics(model, d)
         s.frame = int(env_ep.extras["frame"][k])
-        s.last_action = np.zeros(29) if k == 0 else env_ep.extras["action"][k - 1]
-        assert np.abs(s2s.observe(s, layout) - env_ep.extras["obs"][k]).max() < 1e-4, f"step {k}"
-    # 2. from the state the environment starts from (its reference is stored in float32), the loop reproduces the rollout
+        s.last_action = np.zeros(len(meta["joint_names"])) if k == 0 else env_ep.extras["action"][k - 1]
+        assert np.abs(observer(s) - env_ep.extras["obs"][k]).max() < 1e-4, f"step {k}"
+
+
+def _reproduces_rollout(onnx_path, meta, model, ref, env_ep):
+    "From the state the environment starts from (its reference is stored in float32), the loop reproduces the env's rollout."
+    from g1track.eval import sim2sim as s2s
     start = s2s.Reference(**{**ref.__dict__, "qpos": ref.qpos.astype(np.float32).astype(np.float64)})
     start.qpos[:, 3:7] /= np.linalg.norm(start.qpos[:, 3:7], axis=1, keepdims=True)
-    ep = s2s.run_episode(exported.onnx_path, start, session=None, meta=meta, model=model)
+    ep = s2s.run_episode(onnx_path, start, session=None, meta=meta, model=model)
     assert ep.num_steps == env_ep.num_steps and ep.terminated == env_ep.terminated
     assert np.abs(ep.extras["qpos"] - env_ep.extras["qpos"]).max() < 1e-4
+
+
+def test_sim2sim_observes_and_moves_like_the_environment(exported, evaluation):
+    from g1track.eval import sim2sim as s2s
+    meta = s2s.read_metadata(exported.onnx_path)
+    model = s2s.deployment_model(meta)
+    ref = s2s.load_reference("builtin:squat", meta)
+    env_ep = evaluation.episodes["student"][0]
+    # 1. every policy term, computed from MjData in numpy, equals the environment's on the same states
+    _observation_parity(meta, model, ref, env_ep)
+    # 2. from the state the environment starts from (its reference is stored in float32), the loop reproduces the rollout
+    _reproduces_rollout(exported.onnx_path, meta, model, ref, env_ep)
     # 3. the plain run reports the same metrics, from the clip's own start state
     r = s2s.sim2sim(exported.onnx_path, ["builtin:squat"])
     env_m, s2s_m = evaluation.results["student"]["overall"], r["overall"]
@@ -256,6 +270,135 @@ def test_sim2sim_errors_are_one_sentence(exported, tmp_path):
     onnx.save(m, str(tmp_path / "bare.onnx"))
     with pytest.raises(s2s.DeploymentError, match="no g1track metadata"):
         s2s.read_metadata(tmp_path / "bare.onnx")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# observation history: [term, start, stop, offsets] in the layout, `history` in the metadata, rebuilt by sim2sim
+
+def _toy_state(t: int):
+    "A stand-in for sim2sim.State that the last_action and joint_vel terms can read: values t and -t, 10 t and 20 t."
+    from types import SimpleNamespace
+    return SimpleNamespace(last_action=np.array([t, -t], float), data=SimpleNamespace(qvel=np.array([10.0 * t, 20.0 * t])), dadr=[0, 1])
+
+
+def test_sim2sim_rebuilds_a_history_from_the_metadata_alone():
+    from g1track.eval import sim2sim as s2s
+    meta = {"observation": {"terms": [{"name": "last_action", "start": 0, "stop": 8, "history": [0, 1, 3, 2]},
+                                      {"name": "joint_vel", "start": 8, "stop": 10}],
+                            "noise_amplitudes": {"last_action": 0.0, "joint_vel": 0.0}}}
+    layout = s2s.metadata_layout(meta)
+    assert layout == [("last_action", 0, 8, (0, 1, 3, 2)), ("joint_vel", 8, 10, ())]
+    obs = s2s.Observer(layout)
+    for t in range(7):
+        o = obs(_toy_state(t))
+        # block k is the value offsets[k] steps back, in the listed order; before the start, the first value (t = 0)
+        for k, off in enumerate((0, 1, 3, 2)):
+            assert np.array_equal(o[2 * k:2 * k + 2], [max(t - off, 0), -max(t - off, 0)]), (t, off)
+        assert np.array_equal(o[8:], [10.0 * t, 20.0 * t])
+    # the first observation of an episode: every block is the state's own value (the reset fill)
+    assert np.array_equal(s2s.observe(_toy_state(5), layout)[:8], [5, -5] * 4)
+    # a slice that is not len(offsets) x the term's size is refused in one sentence
+    with pytest.raises(s2s.DeploymentError, match="'last_action' has 2 values here but 9 .*3 history steps"):
+        s2s.Observer([("last_action", 0, 9, (0, 1, 2)), ("joint_vel", 9, 11)])(_toy_state(1))
+
+
+def test_history_noise_is_drawn_once_when_a_value_is_recorded():
+    from g1track.eval import sim2sim as s2s
+    meta = {"observation": {"terms": [{"name": "last_action", "start": 0, "stop": 6, "history": [0, 1, 2]},
+                                      {"name": "joint_vel", "start": 6, "stop": 8}],
+                            "noise_amplitudes": {"last_action": 0.1, "joint_vel": 0.5}}}
+    layout = s2s.metadata_layout(meta)
+    amp = s2s.noise_amplitudes(meta, layout)
+    assert np.array_equal(amp, [0.1] * 6 + [0.5] * 2)
+    obs = s2s.Observer(layout, amp, seed=3)
+    seen = [obs(_toy_state(t)) for t in range(5)]
+    for t, o in enumerate(seen):
+        noise = o[:2] - [t, -t]
+        assert 0 < np.abs(noise).max() <= 0.1 and np.abs(o[6:] - [10.0 * t, 20.0 * t]).max() <= 0.5
+        if t == 0: assert np.array_equal(o[2:4], o[:2]) and np.array_equal(o[4:6], o[:2])     # the fill repeats the noisy first value
+        else:
+            assert np.array_equal(o[2:4], seen[t - 1][:2])          # one step back: exactly what was recorded then, noise included
+            assert np.array_equal(o[4:6], seen[max(t - 2, 0)][:2])
+    # the same seed draws the same noise; another seed other noise
+    again = s2s.Observer(layout, amp, seed=3)
+    assert all(np.array_equal(again(_toy_state(t)), seen[t]) for t in range(5))
+    assert not np.array_equal(s2s.Observer(layout, amp, seed=4)(_toy_state(0)), seen[0])
+
+
+def _env_has_history() -> bool:
+    import g1track.env
+    return hasattr(g1track.env, "has_history")              # the env side of issue 10
+
+
+HISTORY_POLICY = ("[ref_joint_pos,ref_joint_vel,ref_anchor_ori,base_ang_vel,projected_gravity,{joint_pos:{history:[0,1,2]}},"
+                  "joint_vel,{last_action:{history:2}}]")
+
+
+@pytest.fixture(scope="module")
+def history_runs(tmp_path_factory):
+    "A tiny train -> adapt run whose policy keeps joint_pos 0, 1, 2 steps back and last_action 0, 1 (history: 2)."
+    from g1track.config import compose
+    from g1track.train import train
+    root = tmp_path_factory.mktemp("hruns")
+    common = ["task.num_envs=8", "algo.train_every=16", f"run_dir={root}", "task.motions=[builtin:squat]", "progress=false",
+              "wandb.mode=disabled", f"task.observations.policy={HISTORY_POLICY}"]
+    torch.set_num_threads(1)
+    train(compose(["+exp=train", "total_frames=512", "wandb.id=hist_train", *common]))
+    train(compose(["+exp=adapt", "total_frames=256", "wandb.id=hist_adapt", "checkpoint_path=run:g1track/hist_train", *common]))
+    return root
+
+
+@pytest.mark.skipif(not _env_has_history(), reason="the environment has no observation history yet (issue 10, env side)")
+def test_a_history_layout_exports_and_sim2sim_observes_it_like_the_environment(history_runs):
+    import yaml
+    from g1track.train import load_checkpoint
+    from g1track.eval.core import evaluate_checkpoint, eval_cfg
+    from g1track.eval.export import export_student, observation_table, ExportError
+    from g1track.eval.beyondmimic import beyondmimic_observation_names
+    from g1track.eval import sim2sim as s2s
+    ckpt = load_checkpoint(history_runs / "g1track" / "hist_adapt" / "checkpoints" / "latest.pt")
+    entries = {t[0]: t for t in ckpt["obs_layout"]["policy"]}
+    J = entries["joint_vel"][2] - entries["joint_vel"][1]          # the robot's joint count
+    assert entries["joint_pos"][3] == [0, 1, 2] and entries["joint_pos"][2] - entries["joint_pos"][1] == 3 * J
+    assert entries["last_action"][3] == [0, 1] and len(entries["joint_vel"]) == 3
+    cfg = eval_cfg(f"run_dir={history_runs}")
+    ev = evaluate_checkpoint("g1track/hist_adapt", cfg, actor="student", record_obs=True)
+    env_ep = ev.episodes["student"][0]
+    ex = export_student("g1track/hist_adapt", cfg, obs=env_ep.extras["obs"])
+    assert ex.parity_max_abs <= 1e-5 and ex.torch_vs_policy_max_abs <= 1e-5
+    # the metadata and deploy.yaml carry the history, and only where there is one
+    meta = s2s.read_metadata(ex.onnx_path)
+    terms = {t["name"]: t for t in meta["observation"]["terms"]}
+    assert terms["joint_pos"]["history"] == [0, 1, 2] and terms["last_action"]["history"] == [0, 1]
+    assert not [n for n, t in terms.items() if "history" in t and n not in ("joint_pos", "last_action")]
+    assert yaml.safe_load(ex.yaml_path.read_text())["observation"]["terms"] == meta["observation"]["terms"]
+    table = observation_table(meta)
+    assert "0,1,2" in table.splitlines()[[l.split()[0] for l in table.splitlines()].index("joint_pos")]
+    # sim2sim rebuilds the history from the metadata alone: the same observation as the env's on the same states
+    model, ref = s2s.deployment_model(meta), s2s.load_reference("builtin:squat", meta)
+    _observation_parity(meta, model, ref, env_ep)
+    _reproduces_rollout(ex.onnx_path, meta, model, ref, env_ep)
+    # the env's history is not a copy of the present: one step back is the previous step's joint_pos block
+    a = entries["joint_pos"][1]
+    if env_ep.num_steps > 2:
+        assert np.allclose(env_ep.extras["obs"][2][a + J:a + 2 * J], env_ep.extras["obs"][1][a:a + J])
+        assert not np.allclose(env_ep.extras["obs"][2][a:a + J], env_ep.extras["obs"][1][a:a + J])
+    # BeyondMimic's metadata cannot say it, even for terms its controller computes: one sentence
+    with pytest.raises(ExportError, match=r"past values of \{'joint_pos': \[0, 1, 2\]\}.*--format g1track"):
+        beyondmimic_observation_names([entries["joint_pos"], entries["joint_vel"]])
+
+
+def test_the_recorder_keeps_only_what_was_asked_and_names_unknown_keys():
+    from g1track.eval.record import Recorder, Rollout
+    rec, called = Recorder(("qpos", "terms")), []
+    for t in range(3):
+        rec.add(qpos=torch.full((2, 4), float(t)), obs=lambda: called.append(1) or torch.zeros(2), **{"term/a": torch.ones(2) * t})
+    steps = rec.stacked()
+    assert set(steps) == {"qpos", "term/a"} and steps["qpos"].shape == (3, 2, 4) and not called   # obs never computed
+    r = Rollout(steps, torch.tensor([2, 3]), torch.tensor([True, False]))
+    assert np.array_equal(r.env(0, "term/a"), [0.0, 1.0]) and r.env(1, "qpos").shape == (3, 4)
+    with pytest.raises(KeyError, match=r"cannot record \['qvel_typo'\]"):
+        Recorder(("qpos", "qvel_typo"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +481,6 @@ def test_joint_velocity_error_in_rad_per_s():
 
 
 def test_protocols_set_the_conditions_and_bad_names_are_refused():
-    from omegaconf import OmegaConf
     from g1track.config import task_cfg, ConfigError
     from g1track.eval.core import eval_cfg, eval_task_cfg, episodes_per_clip, NEVER_S
     task = task_cfg()

@@ -152,7 +152,8 @@ def test_a_policy_the_controller_cannot_express_is_refused():
     from g1track.config import task_cfg
     from g1track.eval.core import ExportError
     from g1track.eval.beyondmimic import beyondmimic_observation_names
-    names = list(task_cfg().observations.policy)                 # the default task: future frames, relative reference joints
+    names = [n if isinstance(n, str) else next(iter(n)) for n in task_cfg().observations.policy]   # the default task: future
+    # frames, relative reference joints (an entry {term: {history: ...}} names its term by its one key)
     with pytest.raises(ExportError, match=r"\['ref_joint_pos', 'ref_joint_vel', 'ref_anchor_ori', 'projected_gravity'\].*task=G1/G1_tracking_bm"):
         beyondmimic_observation_names([(n, 0, 1) for n in names])
     assert beyondmimic_observation_names([(n, 0, 1) for n in task_cfg(task="G1/G1_tracking_bm").observations.policy])
@@ -294,3 +295,22 @@ def test_cli_refuses_a_default_task_student_in_one_sentence(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "BeyondMimic's controller does not compute" in captured.err
     assert "student (" not in captured.out and not (tmp_path / "g1track" / "d_adapt" / "export").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("g1track.env", fromlist=["x"]), "has_history"),
+                    reason="the environment has no observation history yet (issue 10, env side)")
+def test_cli_refuses_a_student_with_a_history_in_one_sentence(tmp_path, capsys):
+    "The preset's terms with joint_pos kept 0, 1, 2 steps back: BeyondMimic's history lengths cannot say that; refused before any evaluation."
+    from g1track.config import compose
+    from g1track.train import train
+    from g1track.eval.core import main
+    policy = "[command,motion_anchor_ori_b,base_ang_vel,{joint_pos:{history:[0,1,2]}},joint_vel,last_action]"
+    common = ["task=G1/G1_tracking_bm", "task.num_envs=4", "algo.train_every=8", f"run_dir={tmp_path}", "task.motions=[builtin:squat]",
+              "progress=false", "wandb.mode=disabled", f"task.observations.policy={policy}"]
+    train(compose(["+exp=train", "total_frames=64", "wandb.id=h_train", *common]))
+    train(compose(["+exp=adapt", "total_frames=32", "wandb.id=h_adapt", "checkpoint_path=run:g1track/h_train", *common]))
+    assert main(["--run_path", "g1track/h_adapt", "--run_dir", str(tmp_path), "--export", "--format", "beyondmimic"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "past values of {'joint_pos': [0, 1, 2]}" in captured.err and "--format g1track" in captured.err
+    assert "student (" not in captured.out and not (tmp_path / "g1track" / "h_adapt" / "export").exists()
+

@@ -4,8 +4,10 @@ import mujoco
 import pytest
 import torch
 
-from g1track.robot import (G1_JOINT_NAMES, BodyKinematics, ModelUnavailableError, fixed_base_spec, load_g1,
-                           robot_cfg, settle_fixed_base, sole_height)
+import g1track.robot as robot
+from g1track.robot import (FREE_ANG_VEL, FREE_LIN_VEL, FREE_POS, FREE_QUAT, G1_JOINT_NAMES, QPOS_JOINTS, QVEL_JOINTS,
+                           BodyKinematics, ModelUnavailableError, fixed_base_spec, load_g1, robot_cfg,
+                           settle_fixed_base, sole_height)
 
 
 def test_model_has_29_position_actuators_in_unitree_order(g1):
@@ -19,6 +21,24 @@ def test_model_has_29_position_actuators_in_unitree_order(g1):
     assert mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0
 
 
+def test_named_slices_cover_free_joint_then_joints_in_unitree_order(g1):
+    m = g1.model
+    q, v = np.arange(m.nq), np.arange(m.nv)
+    assert list(q[FREE_POS]) == [0, 1, 2] and list(q[FREE_QUAT]) == [3, 4, 5, 6]
+    assert list(v[FREE_LIN_VEL]) == [0, 1, 2] and list(v[FREE_ANG_VEL]) == [3, 4, 5]
+    assert (g1.qpos_adr == q[QPOS_JOINTS]).all() and (g1.dof_adr == v[QVEL_JOINTS]).all()
+    assert len(q[QPOS_JOINTS]) == len(v[QVEL_JOINTS]) == g1.nj
+
+
+def test_model_whose_joint_order_differs_from_joint_names_is_refused(monkeypatch):
+    swapped = list(G1_JOINT_NAMES)
+    swapped[3], swapped[4] = swapped[4], swapped[3]          # left knee <-> left ankle pitch
+    monkeypatch.setattr(robot, "G1_JOINT_NAMES", tuple(swapped))
+    with pytest.raises(ValueError, match=r"joint order mismatch: 'left_ankle_pitch_joint' .*qpos\[10\]") as e:
+        load_g1(visual=False)
+    assert "left_knee_joint" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_pd_gains_follow_reflected_inertia(g1):
     m, w, zeta = g1.model, 2 * np.pi * 10.0, 2.0
     for i, j in enumerate(G1_JOINT_NAMES):
@@ -28,7 +48,7 @@ def test_pd_gains_follow_reflected_inertia(g1):
         assert kv == pytest.approx(2 * zeta * I * w, rel=1e-9), j
         assert -m.actuator_biasprm[i, 1] == pytest.approx(kp)
         assert m.actuator_forcelimited[i] and m.actuator_forcerange[i, 1] == pytest.approx(g1.effort[i])
-    # the motor table of DESIGN §2, spot-checked
+    # the motor table of cfg/task/G1/G1.yaml (robot.motors), spot-checked
     assert g1.armature[G1_JOINT_NAMES.index("left_knee_joint")] == pytest.approx(0.025102)
     assert g1.effort[G1_JOINT_NAMES.index("waist_pitch_joint")] == 50
     assert g1.effort[G1_JOINT_NAMES.index("right_wrist_yaw_joint")] == 5

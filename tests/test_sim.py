@@ -5,11 +5,14 @@ import mujoco
 import pytest
 import torch
 
-from g1track.sim import (MujocoSim, SimConfigError, WarpSim, contact_capacity, make_sim, resolve_backend, sim_cfg,
-                         sim_model)
+from g1track.robot import FREE_LIN_VEL, FREE_POS, QPOS_JOINTS
+from g1track.sim import SimConfigError, make_sim, resolve_backend, sim_cfg, sim_model
+from g1track.sim_mujoco import MujocoSim
+from g1track.sim_warp import WarpSim, contact_capacity
 
 N = 4
 PARITY_TOL = 1e-4      # max |qpos| difference (m, rad) between the engines after 25 control steps
+Z = FREE_POS.start + 2 # the qpos column of the root's height
 
 
 @pytest.fixture(scope="module")
@@ -22,33 +25,35 @@ def warp_sim(g1_physics):
 
 def nominal(sim):
     ids = torch.arange(sim.num_envs)
-    sim.set_params(ids, friction=torch.ones(len(ids)), mass_scale=torch.ones(len(ids), 30), com_offset=torch.zeros(len(ids), 3),
-                   kp_scale=torch.ones(len(ids), 29), kd_scale=torch.ones(len(ids), 29))
+    nb, nj = len(sim.g1.body_names), sim.g1.nj
+    sim.set_params(ids, friction=torch.ones(len(ids)), mass_scale=torch.ones(len(ids), nb), com_offset=torch.zeros(len(ids), 3),
+                   kp_scale=torch.ones(len(ids), nj), kd_scale=torch.ones(len(ids), nj))
 
 
 def drop_start(g1, n=N, seed=0):
     "Default pose 2 cm above the floor, joints perturbed, a small horizontal push: a landing, then standing."
     gen = torch.Generator().manual_seed(seed)
     q = torch.tensor(g1.default_qpos, dtype=torch.float64).repeat(n, 1)
-    q[:, 2] += 0.02
-    q[:, 7:] += 0.05 * torch.randn(n, 29, generator=gen, dtype=torch.float64)
-    v = torch.zeros(n, 35, dtype=torch.float64)
-    v[:, :2] = 0.2 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    q[:, Z] += 0.02
+    q[:, QPOS_JOINTS] += 0.05 * torch.randn(n, g1.nj, generator=gen, dtype=torch.float64)
+    v = torch.zeros(n, g1.model.nv, dtype=torch.float64)
+    v[:, FREE_LIN_VEL][:, :2] = 0.2 * torch.randn(n, 2, generator=gen, dtype=torch.float64)   # a horizontal push
     return q, v
 
 
 def arm_swing(g1, k, n=N):
     "PD targets at control step k: the default pose with both arms swinging at 1 Hz."
     ctrl = torch.tensor(g1.default_joint_pos, dtype=torch.float32).repeat(n, 1)
-    ctrl[:, 15:] += 0.3 * np.sin(2 * np.pi * 0.02 * k)
+    ctrl[:, g1.joint_names.index("left_shoulder_pitch_joint"):] += 0.3 * np.sin(2 * np.pi * 0.02 * k)   # the arms
     return ctrl
 
 
 def randomize(sim):
     "Different physics in every env but the first."
     sim.set_params([1], friction=torch.tensor([0.3]))
-    sim.set_params([2], mass_scale=torch.full((1, 30), 1.2), com_offset=torch.tensor([[0.03, -0.02, 0.01]]))
-    sim.set_params([3], kp_scale=torch.full((1, 29), 0.8), kd_scale=torch.full((1, 29), 1.3))
+    nb, nj = len(sim.g1.body_names), sim.g1.nj
+    sim.set_params([2], mass_scale=torch.full((1, nb), 1.2), com_offset=torch.tensor([[0.03, -0.02, 0.01]]))
+    sim.set_params([3], kp_scale=torch.full((1, nj), 0.8), kd_scale=torch.full((1, nj), 1.3))
 
 
 def run(sim, g1, steps=25):
@@ -68,8 +73,9 @@ def test_backends_agree_over_25_control_steps(g1_physics, warp_sim):
     randomize(cpu); randomize(warp_sim)
     a, b = run(cpu, g1), run(warp_sim, g1)
     # the scenario is physical: the robot landed (pelvis dropped) and the arms moved
-    assert (a[-1, :, 2] < drop_start(g1)[0][:, 2] - 0.01).all()
-    assert (a[:, :, 7 + 15] - a[0, :, 7 + 15]).abs().max() > 0.1
+    shoulder = g1.qpos_adr[g1.joint_names.index("left_shoulder_pitch_joint")]
+    assert (a[-1, :, Z] < drop_start(g1)[0][:, Z] - 0.01).all()
+    assert (a[:, :, shoulder] - a[0, :, shoulder]).abs().max() > 0.1
     assert cpu.unstable_total == 0 and warp_sim.unstable_total == 0 and warp_sim.overflow_total == 0
     err = (a - b).abs().max().item()
     assert err < PARITY_TOL, f"backends differ by {err:.2e} in qpos after 25 control steps"
@@ -103,7 +109,7 @@ def test_poisoned_env_is_reset_alone_and_counted(g1_physics, backend, request):
     assert torch.equal(pq[others], clean_q[others]) and torch.equal(pv[others], clean_v[others])
     assert torch.isfinite(pq).all() and torch.isfinite(pv).all()
     # the reset env restarted from the default pose: one step later it is standing near it
-    assert (pq[2, :3] - torch.tensor(g1.default_qpos[:3], dtype=torch.float32)).abs().max() < 0.05
+    assert (pq[2, FREE_POS] - torch.tensor(g1.default_qpos[FREE_POS], dtype=torch.float32)).abs().max() < 0.05
     # an exploding env (huge velocity) and a NaN control are caught the same way
     fast = v[0:1].clone(); fast[0, 10] = 1e5
     sim.set_state(ids, q, v); sim.set_state([0], q[0:1], fast)
@@ -120,7 +126,7 @@ def test_velocity_limit_catches_an_env_the_physics_throws(g1_physics):
     g1 = g1_physics
     sim = make_sim(g1, 3, backend="mujoco", cfg=sim_cfg(max_qvel=10.0))
     q = torch.tensor(g1.default_qpos).repeat(3, 1)
-    sim.set_state(torch.arange(3), q, torch.zeros(3, 35))
+    sim.set_state(torch.arange(3), q, torch.zeros(3, g1.model.nv))
     ctrl = torch.tensor(g1.default_joint_pos, dtype=torch.float32).repeat(3, 1)
     wrist = g1.joint_names.index("left_wrist_pitch_joint")
     ctrl[1, wrist] += 1.5                                   # 5 N·m on a light wrist: tens of rad/s within 20 ms
@@ -153,7 +159,7 @@ def test_params_are_the_model_fields_plain_mujoco_would_use(g1_physics):
     g1 = g1_physics
     sim = make_sim(g1, 2, backend="mujoco", nthread=1)
     kp, kd, com = 0.7, 1.5, np.array([0.02, 0.01, -0.03])
-    sim.set_params([1], kp_scale=torch.full((1, 29), kp), kd_scale=torch.full((1, 29), kd), com_offset=torch.tensor(com[None]))
+    sim.set_params([1], kp_scale=torch.full((1, g1.nj), kp), kd_scale=torch.full((1, g1.nj), kd), com_offset=torch.tensor(com[None]))
     q, v = drop_start(g1, 2)
     sim.set_state([0, 1], q, v)
     m = sim_model(g1)
@@ -177,16 +183,16 @@ def test_friction_and_mass_change_the_physics(g1_physics):
     g1 = g1_physics
     sim = make_sim(g1, 3, backend="mujoco")
     sim.set_params([1], friction=torch.tensor([0.1]))
-    sim.set_params([2], mass_scale=torch.full((1, 30), 1.3))
+    sim.set_params([2], mass_scale=torch.full((1, len(g1.body_names)), 1.3))
     assert sim.get_params()["friction"].tolist() == pytest.approx([1.0, 0.1, 1.0])
     ids, feet = torch.arange(3), g1.body_ids(g1.cfg.feet)
     q = torch.tensor(g1.default_qpos).repeat(3, 1)
     ctrl = torch.tensor(g1.default_joint_pos).repeat(3, 1)
-    sim.set_state(ids, q, torch.zeros(3, 35))
+    sim.set_state(ids, q, torch.zeros(3, g1.model.nv))
     for _ in range(8): sim.step(ctrl)
     weight = -(sim.sensor(f"{g1.cfg.feet[0]}_contact")[:, 3] + sim.sensor(f"{g1.cfg.feet[1]}_contact")[:, 3])
     assert weight[2] / weight[0] == pytest.approx(1.3, rel=0.1)          # the feet carry the heavier robot
-    v = torch.zeros(3, 35); v[:, 0] = 1.5                               # shove the standing robot forward
+    v = torch.zeros(3, g1.model.nv); v[:, FREE_LIN_VEL] = torch.tensor([1.5, 0.0, 0.0])   # shove the standing robot forward
     sim.set_state(ids, q, v)
     x0 = sim.bodies()[0][:, feet, 0].clone()
     for _ in range(10): sim.step(ctrl)
@@ -215,8 +221,9 @@ def test_bodies_and_sensors_are_current(g1_physics):
 def test_contact_buffers_cover_the_robot_lying_on_the_floor(g1_physics):
     nconmax, njmax = contact_capacity(sim_model(g1_physics))
     assert nconmax >= 2 * 31 + 2                           # 31 capsules and 2 spheres can touch the floor
-    assert njmax >= 4 * 64 + 29                            # pyramidal condim-3 contacts and 29 joint limits
-    assert njmax >= 4 * nconmax + 29                       # every contact slot, self-contacts included, has its rows
+    nj = g1_physics.nj
+    assert njmax >= 4 * 64 + nj                            # pyramidal condim-3 contacts and a limit on every joint
+    assert njmax >= 4 * nconmax + nj                       # every contact slot, self-contacts included, has its rows
 
 
 def test_solver_settings_come_from_the_config_on_both_engines(g1_physics):
@@ -240,7 +247,7 @@ def test_warp_contact_pool_overflow_resets_every_world_and_is_counted(g1_physics
     pytest.importorskip("mujoco_warp")
     g1 = g1_physics
     sim = make_sim(g1, 3, backend="warp", device="cpu", cfg=sim_cfg(**{"warp.nconmax": 2}))
-    sim.set_state([0, 1, 2], torch.tensor(g1.default_qpos).repeat(3, 1), torch.zeros(3, 35))
+    sim.set_state([0, 1, 2], torch.tensor(g1.default_qpos).repeat(3, 1), torch.zeros(3, g1.model.nv))
     sim.step(torch.tensor(g1.default_joint_pos).repeat(3, 1))
     c = sim.counters()
     assert sim.unstable.all() and int(c["overflow_contact"]) == 3 and int(c["overflow_constraint"]) == 0
@@ -273,13 +280,13 @@ def test_bad_configuration_fails_at_construction(g1_physics, monkeypatch):
 
 
 def test_bad_inputs_are_named(g1_physics):
-    sim = make_sim(g1_physics, 2, backend="mujoco")
-    with pytest.raises(ValueError, match=r"ctrl must have shape \[2, 29\]"):
+    sim, nv = make_sim(g1_physics, 2, backend="mujoco"), g1_physics.model.nv
+    with pytest.raises(ValueError, match=rf"ctrl must have shape \[2, {g1_physics.nj}\]"):
         sim.step(torch.zeros(2, 12))
     with pytest.raises(ValueError, match="mass_scale must have shape"):
-        sim.set_params([0], mass_scale=torch.ones(30))
+        sim.set_params([0], mass_scale=torch.ones(len(g1_physics.body_names)))
     with pytest.raises(ValueError, match="qpos must have shape"):
-        sim.set_state([0], torch.zeros(1, 35), torch.zeros(1, 35))
+        sim.set_state([0], torch.zeros(1, nv), torch.zeros(1, nv))   # a qvel-sized qpos
     other = make_sim(g1_physics, 3, backend="mujoco")
     with pytest.raises(ValueError, match="holds 3 envs"):
         sim.load_state_dict(other.state_dict())
@@ -292,10 +299,20 @@ def test_warp_constraint_overflow_resets_and_counts(g1_physics):
     g1 = g1_physics
     sim = make_sim(g1, 2, backend="warp", device="cpu", cfg=sim_cfg(**{"warp.njmax": 40}))
     q = torch.tensor(g1.default_qpos).repeat(2, 1)
-    q[1, 2] += 0.5                                          # env 1 starts in the air: no contacts yet
-    sim.set_state([0, 1], q, torch.zeros(2, 35))
+    q[1, Z] += 0.5                                          # env 1 starts in the air: no contacts yet
+    sim.set_state([0, 1], q, torch.zeros(2, g1.model.nv))
     sim.step(torch.tensor(g1.default_joint_pos).repeat(2, 1))
     assert sim.unstable.tolist() == [True, False]           # 14 foot capsules on the floor need ~100 rows
     assert sim.overflow_total == 1 and sim.unstable_total == 1
     assert int(sim.counters()["overflow_constraint"]) == 1 and int(sim.counters()["overflow_contact"]) == 0
+    sim.close()
+
+
+def test_engines_live_in_their_modules_and_old_imports_still_work(g1_physics):
+    import g1track.sim as sim_module
+    assert sim_module.MujocoSim is MujocoSim and sim_module.WarpSim is WarpSim
+    assert sim_module.contact_capacity is contact_capacity
+    with pytest.raises(AttributeError): sim_module.NoSuchSim
+    sim = make_sim(g1_physics, 1, backend="mujoco")
+    assert type(sim) is MujocoSim and isinstance(sim, sim_module.Sim)
     sim.close()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from g1track.config import compose
+from g1track.robot import G1_JOINT_NAMES
 from g1track.stages import STAGES, stage_table
 from g1track.train import (CheckpointError, _load_env_state, env_state_file, load_checkpoint, resolve_checkpoint,
                            restore_rng_states, rng_states, train)
@@ -289,3 +290,38 @@ def test_bench_gpu_says_it_found_no_gpu_and_exits_0():
     r = subprocess.run([sys.executable, str(ROOT / "bench/gpu.py")], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("bench/gpu.py: no GPU found") and r.stdout.count("\n") == 1
+
+
+# ---- observation layouts with a history (fast: plain dicts and a stand-in env) ----
+
+NJ = len(G1_JOINT_NAMES)
+
+
+def layout_env(history):
+    "A stand-in env: a policy group with joint_pos and a 3-step actions history, and the terms with a history."
+    from g1track.env import GROUPS
+    layout = {g: [] for g in GROUPS}
+    layout["policy"] = [("joint_pos", slice(0, NJ)), ("actions", slice(NJ, 4 * NJ))]
+    return types.SimpleNamespace(layout=layout, **({} if history is None else {"history": {"policy": {"actions": history}}}))
+
+
+def test_layout_records_each_terms_history_offsets():
+    from g1track.train import layout_of
+    assert layout_of(layout_env([0, 1, 2]))["policy"] == [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ, [0, 1, 2]]]
+    assert layout_of(layout_env(None))["policy"] == [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ]]   # no history: 3 elements
+
+
+def test_check_layout_refuses_a_checkpoint_differing_only_in_a_terms_history():
+    from g1track.train import check_layout, layout_of
+    check_layout({"obs_layout": layout_of(layout_env([0, 1, 2]))}, layout_env([0, 1, 2]))        # the same layout passes
+    check_layout({"obs_layout": layout_of(layout_env(None))}, layout_env(None))                  # as do 3-element (old) layouts
+    from g1track.env import GROUPS
+    saved = {"obs_layout": {**{g: [] for g in GROUPS},                                          # same terms and widths,
+                            "policy": [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ, [0, 2, 4]]]}}  # another history
+    w = 3 * NJ
+    with pytest.raises(CheckpointError, match=rf"different 'policy' observation layout.*actions: width {w}, history \[0, 2, 4\] "
+                                              rf"in the checkpoint, width {w}, history \[0, 1, 2\] now"):
+        check_layout(saved, layout_env([0, 1, 2]))
+    with pytest.raises(CheckpointError, match=rf"actions: width {w} in the checkpoint, width {w}, history \[0, 1, 2\] now"):
+        check_layout({"obs_layout": {**saved["obs_layout"], "policy": [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ]]}},
+                     layout_env([0, 1, 2]))                                                      # an old checkpoint, no history

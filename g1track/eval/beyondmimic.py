@@ -11,7 +11,7 @@ __all__ = ['BM_OBSERVATIONS', 'BM_INPUTS', 'BM_OUTPUTS', 'BM_OPSET', 'BM_FORMAT'
            'sim2sim_safe']
 
 # %% ../../nbs/08d_export_bm.ipynb #5f10c103
-import os, json, hashlib, pathlib, warnings
+import os, json, pathlib, warnings
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from ..motion import load_motions
 from ..robot import load_g1
 from ..train import checkpoint_config, policy_from_checkpoint
-from .core import ExportError, refuse_untrained_student, deployment_metadata, open_checkpoint, run_folder_of, eval_cfg, _student_obs, _policy_td
+from .core import open_checkpoint, run_folder_of, eval_cfg
+from .export import ExportError, refuse_untrained_student, deployment_metadata, _student_obs, _policy_td
 from . import sim2sim
 
 # %% ../../nbs/08d_export_bm.ipynb #38c5d363
@@ -34,12 +35,18 @@ BM_OPSET = 11            # the opset whole_body_tracking's exporter writes, so a
 BM_FORMAT = "g1track-beyondmimic/1"
 
 def beyondmimic_observation_names(layout) -> list:
-    "BeyondMimic's names of a policy layout [(term, start, stop)], or one sentence saying why it cannot be expressed."
-    names = [t[0] for t in layout]
+    "BeyondMimic's names of a policy layout [(term, start, stop(, offsets))], or one sentence saying why it cannot be expressed."
+    entries = [sim2sim.term_entry(t) for t in layout]
+    names = [n for n, *_ in entries]
     unknown = [n for n in names if n not in BM_OBSERVATIONS]
     if unknown:
         raise ExportError(f"the student's policy observation has term(s) {unknown} that BeyondMimic's controller does not compute "
                           f"(it knows {sorted(BM_OBSERVATIONS)}); train with task=G1/G1_tracking_bm, or export with --format g1track")
+    history = {n: list(o) for n, _, _, o in entries if o and o != (0,)}
+    if history:
+        raise ExportError(f"the student's policy observation keeps past values of {history} (steps back), which BeyondMimic's metadata "
+                          f"cannot express (observation_history_lengths gives each term a length, stacked the IsaacLab way, oldest "
+                          f"first, not the steps back); export with --format g1track")
     return [BM_OBSERVATIONS[n] for n in names]
 
 def csv(values) -> str:
@@ -126,6 +133,7 @@ def _check(path, module, obs: np.ndarray, motion: dict) -> tuple:
             err = max(err, float(np.abs(out[name][0] - np.asarray(motion[name][min(k, T - 1)], np.float32)).max()))
     return parity, err
 
+# %% ../../nbs/08d_export_bm.ipynb #b93d565c
 def export_beyondmimic(spec, cfg: DictConfig | None = None, out_dir=None, obs: np.ndarray | None = None) -> BeyondMimicExport:
     "A checkpoint's student as BeyondMimic files, one per training clip, in `<run>/export/beyondmimic/<clip>.onnx`, checked."
     cfg = cfg if cfg is not None else eval_cfg()

@@ -1,5 +1,5 @@
-"""`python -m g1track.eval --run_path PROJECT/RUN [-p] [--export] [protocol=robust]` — the pipeline quick
-reference's "Evaluate Policy" commands: a fixed, seeded evaluation of a checkpoint's teacher and student
+"""`python -m g1track.eval --run_path PROJECT/RUN [-p] [--export] [protocol=robust]` — the "Evaluate Policy"
+commands: a fixed, seeded evaluation of a checkpoint's teacher and student
 under a named protocol, a video of the policy, and the deployable student as ONNX with everything
 deployment needs in its metadata.
 
@@ -10,24 +10,23 @@ Docs: https://g1track.github.io/g1track/eval.html.md"""
 # %% auto #0
 __all__ = ['NEVER_S', 'eval_cfg', 'protocol_of', 'episodes_per_clip', 'describe_protocol', 'eval_task_cfg', 'start_points',
            'EvalEnv', 'rollout', 'Evaluation', 'run_folder_of', 'actors_for', 'open_checkpoint', 'make_eval_env',
-           'evaluate_checkpoint', 'play', 'ExportError', 'refuse_untrained_student', 'deployment_metadata', 'Export',
-           'export_student', 'parse_args', 'run_cli', 'main']
+           'evaluate_checkpoint', 'play', 'parse_args', 'run_cli', 'main']
 
 # %% ../../nbs/08_eval.ipynb #489fb73f
-import os, sys, json, hashlib, argparse, pathlib, warnings
+import sys, argparse, pathlib
 from dataclasses import dataclass
 import numpy as np
 import torch
-import yaml
 from omegaconf import OmegaConf, DictConfig
 import g1track
 from ..config import ConfigError, cfg_dir
-from ..env import TrackingEnv, REWARD_TERMS
+from ..env import TrackingEnv
 from ..motion import load_motions, MotionFormatError
-from ..robot import load_g1
+from ..robot import load_g1, QPOS_JOINTS, QVEL_JOINTS
 from ..train import (CheckpointError, resolve_checkpoint, load_checkpoint, checkpoint_config, policy_from_checkpoint,
                            check_layout)
-from .metrics import Episode, evaluate_episodes, metrics_table, comparison_table, ratios, save_json, atomic_write
+from .metrics import Episode, evaluate_episodes, metrics_table, comparison_table, ratios, save_json
+from .record import record_rollout
 from . import sim2sim
 
 # %% ../../nbs/08_eval.ipynb #49750025
@@ -114,42 +113,17 @@ class EvalEnv(TrackingEnv):
     def ended_sums(self): return self.ended
 
 # %% ../../nbs/08_eval.ipynb #1a9cc4dc
-@torch.no_grad()
 def rollout(env: EvalEnv, policy, actor: str, record_obs: bool = False, max_steps: int | None = None,
             progress: bool = False) -> list:
     "Play every env's first episode from its start frame with deterministic `actor` actions; one `Episode` per env."
-    from tqdm.auto import tqdm
-    N, dev = env.num_envs, env.device
-    obs = env.reset()
-    alive = torch.ones(N, dtype=torch.bool, device=dev)
-    terminated = torch.zeros(N, dtype=torch.bool, device=dev)
-    length = torch.zeros(N, dtype=torch.long, device=dev)
-    keys = [k for k in REWARD_TERMS if k in env.episode_sums]
-    rec = {k: [] for k in ("qpos", "qvel", "action", "clip", "frame", "reward", "obs", *(f"term/{k}" for k in keys))}
     limit = max_steps or int((env.motion.num_frames[env.fixed_starts[0]] - env.fixed_starts[1]).max()) + 1
-    for _ in tqdm(range(limit), desc=f"eval {actor}", unit="step", disable=not progress, leave=False, dynamic_ncols=True):
-        before = {k: v.clone() for k, v in env.episode_sums.items()}
-        clip, frame = env.clip.clone(), env.frame.clone()
-        action = policy.act(obs, actor=actor, deterministic=True, with_value=False)[0]
-        out = env.step(action)
-        done = out["terminated"] | out["truncated"]
-        qpos = torch.where(done[:, None], env.ended_qpos, env.sim.qpos)
-        qvel = torch.where(done[:, None], env.ended_qvel, env.sim.qvel)
-        for k in keys:
-            after = torch.where(done, env.ended_sums[k], env.episode_sums[k])
-            rec[f"term/{k}"].append(after - before[k])
-        rec["qpos"].append(qpos.clone()); rec["qvel"].append(qvel.clone()); rec["action"].append(action.clone())
-        rec["clip"].append(clip); rec["frame"].append(frame)
-        rec["reward"].append(out["reward"].clone())
-        if record_obs: rec["obs"].append(obs["policy"].clone())
-        length += alive
-        terminated |= alive & out["terminated"]
-        alive &= ~done
-        if not alive.any(): break
-        obs = out["obs"]
-    return _episodes(env, {k: torch.stack(v) for k, v in rec.items() if v}, length, terminated)
+    keys = ("qpos", "qvel", "action", "clip", "frame", "reward", "terms", *(("obs",) if record_obs else ()))
+    act = lambda obs: policy.act(obs, actor=actor, deterministic=True, with_value=False)[0]
+    return _episodes(env, record_rollout(env, act, limit, keys, progress=progress, desc=f"eval {actor}"))
 
-def _episodes(env, rec: dict, length, terminated) -> list:
+def _episodes(env, r) -> list:
+    "One `Episode` per env from a `Rollout`: its steps until its first episode ended, bodies by forward kinematics."
+    rec, length, terminated = r.steps, r.length, r.terminated
     T, N = rec["qpos"].shape[:2]
     pos = env.fk(rec["qpos"].reshape(T * N, -1))[0][:, env.tracked].reshape(T, N, -1, 3)
     ref = env.motion.get(rec["clip"].reshape(-1), rec["frame"].reshape(-1))
@@ -165,8 +139,8 @@ def _episodes(env, rec: dict, length, terminated) -> list:
                       reward_terms={k[5:]: np_(v, i, n) for k, v in rec.items() if k.startswith("term/")})
         if "obs" in rec: extras["obs"] = np_(rec["obs"], i, n)
         out.append(Episode(env.motion.clip_names[int(env.fixed_starts[0][i])], names, np_(pos, i, n), np_(ref_pos, i, n),
-                           np_(rec["qpos"][..., 7:], i, n), np_(ref_q, i, n), bool(terminated[i]), env.dt,
-                           np_(rec["reward"], i, n), extras, joint_vel=np_(rec["qvel"][..., 6:], i, n),
+                           np_(rec["qpos"][..., QPOS_JOINTS], i, n), np_(ref_q, i, n), bool(terminated[i]), env.dt,
+                           np_(rec["reward"], i, n), extras, joint_vel=np_(rec["qvel"][..., QVEL_JOINTS], i, n),
                            ref_joint_vel=np_(ref_dq, i, n)))
     return out
 
@@ -219,6 +193,7 @@ class Evaluation:
                     teacher_from=self.teacher_from, settings=self.settings, actors=self.results,
                     student_over_teacher=self.ratios())
 
+# %% ../../nbs/08_eval.ipynb #04b1dec6
 def run_folder_of(path) -> pathlib.Path:
     "The run folder of a checkpoint file (`<run>/checkpoints/ckpt.pt` → `<run>`), else the file's folder."
     path = pathlib.Path(path)
@@ -250,6 +225,7 @@ def make_eval_env(ckpt: dict, cfg: DictConfig, motions=None, path="the checkpoin
     check_layout(ckpt, env, path)
     return env
 
+# %% ../../nbs/08_eval.ipynb #09b6edc3
 def evaluate_checkpoint(spec, cfg: DictConfig | None = None, motions=None, actor: str | None = None,
                         out_dir=None, record_obs: bool = False) -> Evaluation:
     "Evaluate a checkpoint's actors under `cfg.protocol`; writes `<run>/eval/metrics_<stage>[_<protocol>].json` (or into `out_dir`)."
@@ -288,7 +264,7 @@ def evaluate_checkpoint(spec, cfg: DictConfig | None = None, motions=None, actor
 # %% ../../nbs/08_eval.ipynb #6a32a21f
 def play(episodes, model=None, out_dir=None, prefix: str = "play", max_seconds: float = 10.0,
          width: int = 320, height: int = 240, show: bool | None = None) -> dict:
-    "Render each episode (first per clip) with its reference ghost; `{clip: mp4 path or frames}`."
+    "Render each episode (first per clip) with its reference ghost; `{clip: mp4 path or frames}` (shown in a notebook: see above)."
     from g1track import viz
     model = model if model is not None else load_g1().model
     show = ("ipykernel" in sys.modules) if show is None else show
@@ -303,141 +279,17 @@ def play(episodes, model=None, out_dir=None, prefix: str = "play", max_seconds: 
             out[ep.clip] = viz.write_video(pathlib.Path(out_dir) / f"{prefix}_{_safe(ep.clip)}.mp4", frames, fps=fps)
         else:
             out[ep.clip] = frames
-        if show: viz.show_video(frames, fps=fps, title=ep.clip)
+        if show and out_dir is not None: _show_file(out[ep.clip], ep.clip, width)
+        elif show: viz.show_video(frames, fps=fps, title=ep.clip)
     return out
+
+def _show_file(path, title: str, width: int) -> None:
+    "A written video shown by reference: the notebook keeps a link to the file, not its bytes."
+    from IPython.display import Video, Markdown, display
+    display(Markdown(f"**{title}**"), Video(url=str(path), width=width, html_attributes="loop autoplay muted controls"))
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-# %% ../../nbs/08_eval.ipynb #40664de3
-class ExportError(RuntimeError):
-    "An export that would not be deployable (wrong stage, unknown observation term, or a failed parity check)."
-
-def refuse_untrained_student(ckpt: dict, path) -> None:
-    "One sentence for a stage-1 checkpoint: its actor_student has never been trained, so nothing is deployable."
-    if ckpt["stage"] == "train":
-        raise ExportError(f"{path} is a stage 'train' checkpoint: its actor_student has never been trained, so there is nothing "
-                          f"deployable to export; run +exp=adapt (and +exp=finetune) from it and export that run")
-
-def deployment_metadata(ckpt: dict, path) -> dict:
-    "Everything a deployment needs besides the network, from a checkpoint and its config."
-    cfg = checkpoint_config(ckpt)
-    task = cfg.task
-    g1 = load_g1(task.robot, visual=False)
-    layout = [tuple(t) for t in ckpt["obs_layout"]["policy"]]
-    unknown = [n for n, *_ in layout if n not in sim2sim.TERMS]
-    if unknown:
-        raise ExportError(f"the policy observation uses term(s) {unknown} that a robot cannot compute (no deployment definition in "
-                          f"g1track.eval.sim2sim.TERMS); train with policy terms among {sorted(sim2sim.TERMS)}")
-    noise = OmegaConf.to_container(task.observations.noise, resolve=True)
-    from g1track.env import TERMS as ENV_TERMS          # which training noise each policy term had (sim2sim --obs-noise replays it)
-    amplitude = lambda n: float(noise.get(ENV_TERMS[n].noise, 0.0)) if n in ENV_TERMS and ENV_TERMS[n].noise else 0.0
-    lineage = list(ckpt.get("lineage", []))
-    fl = lambda x: [float(v) for v in np.asarray(x)]
-    return dict(
-        format=sim2sim.ONNX_FORMAT, g1track_version=g1track.__version__,
-        robot=dict(menagerie_name=str(task.robot.menagerie_name), entry=str(task.robot.entry)),
-        joint_names=list(g1.joint_names), default_joint_pos=fl(g1.default_joint_pos), action_scale=fl(g1.action_scale),
-        kp=fl(g1.kp), kd=fl(g1.kd), effort_limit=fl(g1.effort),
-        action="q_target = default_joint_pos + action_scale * action (rad); joint PD torque = kp (q_target - q) - kd qdot, "
-               "clipped to +-effort_limit",
-        control_dt=float(g1.control_dt), physics_dt=float(task.robot.timestep), decimation=int(task.robot.decimation),
-        observation=dict(input="policy_obs", dim=int(ckpt["obs_dims"]["policy"]),
-                         terms=[dict(name=n, start=int(a), stop=int(b), description=sim2sim.TERMS[n][1]) for n, a, b in layout],
-                         future_frames=[int(f) for f in task.future_frames],
-                         noise="none: feed measurements as they are; training added uniform noise of these amplitudes: "
-                               + json.dumps({k: v for k, v in noise.items() if k != "enabled"}),
-                         noise_amplitudes={n: amplitude(n) for n, *_ in layout},
-                         normalization=f"inside the model (running mean/std, clipped to +-{float(cfg.policy.obs_clip):g})"),
-        output=dict(name="action", dim=29),
-        anchor_body=str(task.robot.anchor_body), tracked_bodies=list(task.robot.tracked_bodies),
-        evaluation=dict(root_body="pelvis", hands=list(task.robot.hands), feet=list(task.robot.feet),
-                        terminations=dict(anchor_height=float(task.terminations.anchor_height),
-                                          anchor_tilt=float(task.terminations.anchor_tilt),
-                                          ee_height=float(task.terminations.ee_height),
-                                          ee_bodies=list(task.terminations.ee_bodies))),
-        source=dict(checkpoint=str(path), stage=ckpt["stage"], iteration=int(ckpt["iteration"]), frames=int(ckpt.get("frames", 0)),
-                    run=(f"{lineage[-1]['project']}/{lineage[-1]['run_id']}" if lineage else ckpt.get("run_id")),
-                    lineage=lineage, motions=list(task.motions), trained_with_g1track=ckpt.get("g1track_version")))
-
-# %% ../../nbs/08_eval.ipynb #196e87d2
-@dataclass
-class Export:
-    "An exported student: the ONNX file, its deploy.yaml, and the parity check it passed."
-    onnx_path: pathlib.Path
-    yaml_path: pathlib.Path
-    parity_max_abs: float              # onnxruntime vs torch, max |difference| over the recorded observations
-    torch_vs_policy_max_abs: float     # the exported torch module vs TrackingPolicy.act(student, deterministic)
-    num_obs: int
-    metadata: dict
-
-def _student_obs(ckpt, cfg, path, steps: int) -> np.ndarray:
-    "Policy observations of a short student rollout in the evaluation environment."
-    env = make_eval_env(ckpt, cfg, None, path)
-    try:
-        eps = rollout(env, policy_from_checkpoint(ckpt, env.device), "student", record_obs=True, max_steps=steps)
-    finally:
-        env.close()
-    return np.concatenate([e.extras["obs"] for e in eps])
-
-def export_student(spec, cfg: DictConfig | None = None, out_dir=None, obs: np.ndarray | None = None,
-                   name: str = "policy") -> Export:
-    "Export a checkpoint's deployable student to `<run>/export/<name>.onnx` + `deploy.yaml`, checked against torch."
-    cfg = cfg if cfg is not None else eval_cfg()
-    path, ckpt = open_checkpoint(spec, cfg.run_dir)
-    refuse_untrained_student(ckpt, path)
-    meta = deployment_metadata(ckpt, path)
-    policy = policy_from_checkpoint(ckpt, "cpu")
-    module = policy.student_onnx_module().cpu().eval()
-    if obs is None: obs = _student_obs(ckpt, cfg, path, int(cfg.export.parity_steps))
-    obs = np.asarray(obs, np.float32).reshape(-1, meta["observation"]["dim"])
-    out = pathlib.Path(out_dir) if out_dir is not None else run_folder_of(path) / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / f"{name}.onnx"
-    tmp = out / f".{name}.onnx.tmp{os.getpid()}"
-    try:
-        _write_onnx(module, meta, tmp, int(cfg.export.opset))
-        with torch.no_grad():
-            x = torch.from_numpy(obs)
-            ref = module(x).numpy()
-            act = policy.act(_policy_td(x, ckpt), actor="student", deterministic=True, with_value=False)[0].numpy()
-        got = sim2sim.ort_session(tmp).run(None, {"policy_obs": obs})[0]
-        parity, vs_policy = float(np.abs(got - ref).max()), float(np.abs(ref - act).max())
-        atol = float(cfg.export.parity_atol)
-        if not (parity <= atol and vs_policy <= atol):
-            raise ExportError(f"the export failed its parity check on {len(obs)} recorded observations: onnxruntime vs torch "
-                              f"max |diff| {parity:.2e}, export module vs policy {vs_policy:.2e} (allowed {atol:g}); nothing was written")
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    digest = hashlib.sha256(final.read_bytes()).hexdigest()
-    deploy = dict(onnx=final.name, sha256=digest, parity=dict(max_abs_diff=parity, observations=len(obs), atol=atol), **meta)
-    yaml_path = atomic_write(out / "deploy.yaml", "# g1track deployment description: the same content as the ONNX metadata\n"
-                             + yaml.safe_dump(deploy, sort_keys=False, default_flow_style=None, width=140))
-    return Export(final, yaml_path, parity, vs_policy, len(obs), meta)
-
-def _policy_td(policy_obs: torch.Tensor, ckpt: dict):
-    "A TensorDict with the policy group (the other groups zero: the student reads only the policy group)."
-    from tensordict import TensorDict
-    n = policy_obs.shape[0]
-    groups = {g: torch.zeros(n, d) for g, d in ckpt["obs_dims"].items()}
-    groups["policy"] = policy_obs
-    return TensorDict(groups, batch_size=[n])
-
-def _write_onnx(module, meta: dict, path, opset: int) -> None:
-    import onnx
-    dim = meta["observation"]["dim"]
-    with warnings.catch_warnings():      # the TorchScript exporter is deliberate: it needs no onnxscript, and it is exact here
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (torch.zeros(1, dim),), str(path), input_names=["policy_obs"], output_names=["action"],
-                          dynamic_axes={"policy_obs": {0: "batch"}, "action": {0: "batch"}}, opset_version=opset, dynamo=False)
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        p = model.metadata_props.add(); p.key, p.value = k, json.dumps(v)
-    model.doc_string = "g1track deployable student: normalizer -> adapt_module -> actor_student (mean action)"
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 # %% ../../nbs/08_eval.ipynb #233a3bb5
 def parse_args(argv=None) -> argparse.Namespace:
@@ -462,8 +314,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation settings of g1track/cfg/eval.yaml, e.g. protocol=robust episodes_per_clip=32")
     return p.parse_args(argv)
 
+# %% ../../nbs/08_eval.ipynb #98b5d614
 def run_cli(a: argparse.Namespace) -> dict:
     "What `python -m g1track.eval` does with parsed arguments; returns what it made."
+    from g1track.eval.export import refuse_untrained_student
     overrides = ["progress=true", *a.overrides]            # a progress bar per rollout unless progress=false
     if a.run_dir: overrides.append(f"run_dir={a.run_dir}")
     if a.max_seconds is not None: overrides.append(f"play.max_seconds={a.max_seconds}")
@@ -493,32 +347,50 @@ def run_cli(a: argparse.Namespace) -> dict:
             for clip, f in made["videos"].items(): print(f"video ({actor}, {clip}): {f}")
     elif a.play:
         raise ConfigError("-p plays the evaluated episodes; drop --no-eval")
-    if a.export:
-        obs = None
-        if ev is not None and "student" in ev.episodes:
-            obs = np.concatenate([e.extras["obs"] for e in ev.episodes["student"]])
-        if a.format == "beyondmimic":
-            from g1track.eval.beyondmimic import export_beyondmimic
-            bx = made["export"] = export_beyondmimic(spec, cfg, out_dir=a.out, obs=obs)
-            for clip, f in bx.onnx_paths.items(): print(f"\nexported (BeyondMimic, clip {clip}): {f}")
-            print(f"parity on {bx.num_obs} recorded observations: actions onnxruntime vs torch max |diff| = {bx.parity_max_abs:.2e}, "
-                  f"embedded motion vs clip {bx.motion_max_abs:.2e} (export vs policy {bx.torch_vs_policy_max_abs:.2e}; "
-                  f"allowed {float(cfg.export.parity_atol):g})\n"
-                  f"run it as the controller does: python -m g1track.eval.sim2sim {next(iter(bx.onnx_paths.values()))} "
-                  f"--start standing --align-heading --latency-ms 20")
-            return made
-        ex = export_student(spec, cfg, out_dir=a.out, obs=obs)
-        made["export"] = ex
-        print(f"\nexported: {ex.onnx_path}\n          {ex.yaml_path}\n"
-              f"parity on {ex.num_obs} recorded observations: onnxruntime vs torch max |diff| = {ex.parity_max_abs:.2e} "
-              f"(export vs policy {ex.torch_vs_policy_max_abs:.2e}; allowed {float(cfg.export.parity_atol):g})\n"
-              f"try it without g1track's env: python -m g1track.eval.sim2sim {ex.onnx_path} --motion {ex.metadata['source']['motions'][0]}")
+    if a.export: made["export"] = _export(a, cfg, spec, ev)
     return made
 
+# %% ../../nbs/08_eval.ipynb #87ba0d48
+def _export(a: argparse.Namespace, cfg: DictConfig, spec, ev):
+    "`--export`: the BeyondMimic files or the g1track ONNX, on the observations the evaluation recorded; prints what was checked."
+    from g1track.eval.export import export_student, observation_table
+    obs = None
+    if ev is not None and "student" in ev.episodes:
+        obs = np.concatenate([e.extras["obs"] for e in ev.episodes["student"]])
+    atol = float(cfg.export.parity_atol)
+    if a.format == "beyondmimic":
+        from g1track.eval.beyondmimic import export_beyondmimic
+        bx = export_beyondmimic(spec, cfg, out_dir=a.out, obs=obs)
+        for clip, f in bx.onnx_paths.items(): print(f"\nexported (BeyondMimic, clip {clip}): {f}")
+        print(f"parity on {bx.num_obs} recorded observations: actions onnxruntime vs torch max |diff| = {bx.parity_max_abs:.2e}, "
+              f"embedded motion vs clip {bx.motion_max_abs:.2e} (export vs policy {bx.torch_vs_policy_max_abs:.2e}; allowed {atol:g})\n"
+              f"run it as the controller does: python -m g1track.eval.sim2sim {next(iter(bx.onnx_paths.values()))} "
+              f"--start standing --align-heading --latency-ms 20")
+        return bx
+    ex = export_student(spec, cfg, out_dir=a.out, obs=obs)
+    print(f"\nexported: {ex.onnx_path}\n          {ex.yaml_path}\n"
+          f"parity on {ex.num_obs} recorded observations: onnxruntime vs torch max |diff| = {ex.parity_max_abs:.2e} "
+          f"(export vs policy {ex.torch_vs_policy_max_abs:.2e}; allowed {atol:g})\n"
+          f"try it without g1track's env: python -m g1track.eval.sim2sim {ex.onnx_path} --motion {ex.metadata['source']['motions'][0]}")
+    print(f"\npolicy observation:\n{observation_table(ex.metadata)}")
+    return ex
+
+# %% ../../nbs/08_eval.ipynb #72a5ca4c
 def main(argv=None) -> int:
     "Entry point of `python -m g1track.eval`."
+    from g1track.eval.export import ExportError
     a = parse_args(argv)
     try: run_cli(a)
     except (CheckpointError, ConfigError, ExportError, MotionFormatError, sim2sim.DeploymentError) as e:
         print(f"error: {e}", file=sys.stderr); return 2
     return 0
+
+# %% ../../nbs/08_eval.ipynb #5f1b5eb7
+_MOVED = {n: "g1track.eval.export" for n in ("ExportError", "refuse_untrained_student", "deployment_metadata", "Export",
+                                               "export_student", "observation_table", "_student_obs", "_policy_td")}
+
+def __getattr__(name: str):
+    "A name that moved to another module of g1track.eval, imported from there on first use."
+    if name not in _MOVED: raise AttributeError(f"module 'g1track.eval.core' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_MOVED[name]), name)
