@@ -14,14 +14,14 @@ __all__ = ['FREE_POS', 'FREE_QUAT', 'QPOS_JOINTS', 'FREE_LIN_VEL', 'FREE_ANG_VEL
            'fixed_base_spec', 'settle_fixed_base']
 
 # %% ../nbs/00_robot.ipynb #ac24055e
-import os, re, pathlib, functools
+import os, re
 from dataclasses import dataclass
 import numpy as np
 import torch
 import mujoco
-from omegaconf import OmegaConf, DictConfig
-from .rotations import quat_mul, quat_apply, quat_from_axis_angle
-from .config import cfg_dir, config_section
+from omegaconf import DictConfig
+from .rotations import quat_mul, quat_apply
+from .config import config_section
 
 # %% ../nbs/00_robot.ipynb #45ef5889
 FREE_POS = slice(0, 3)          # qpos: root position (world, m)

@@ -1,6 +1,5 @@
 """The tracking MDP: layout, reward/reference alignment, terminations, truncations, mirroring, resets, errors."""
 import math
-import numpy as np
 import pytest
 import torch
 
