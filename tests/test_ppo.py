@@ -144,6 +144,21 @@ def test_adapt_update_trains_adapt_module_only_and_loss_falls():
     assert ppo.optimizers["adapt_module"].state[pol.adapt_module[0].weight]["step"] == 15 * 2 * cfg.num_minibatches
 
 
+def test_the_estimator_r2_is_the_explained_variance_and_rises_as_the_estimator_fits():
+    from g1track.ppo import explained_variance
+    z = torch.randn(256, 8)
+    assert explained_variance(z, z).item() == pytest.approx(1.0)
+    assert explained_variance(z.mean(0).expand_as(z), z).item() == pytest.approx(0.0, abs=1e-6)
+    assert explained_variance(z + 0.5 * torch.randn(256, 8), z).item() == pytest.approx(0.75, abs=0.1)
+    env, pol, cfg, storage = small_setup(num_envs=128, T=16)
+    pol.set_vecnorm("eval")
+    collect_rollout(env, pol, storage, env.reset(), "teacher")
+    pol.set_trainable(["adapt_module"])
+    ppo = PPO(pol, cfg)
+    r2 = [ppo.adapt_update(storage)["adapt/estimator_r2"] for _ in range(15)]    # measured before each update
+    assert r2[-1] > r2[0] + 0.2 and r2[-1] <= 1.0
+
+
 def test_wrong_or_frozen_trainable_sets_are_refused():
     env, pol, cfg, storage = small_setup()
     collect_rollout(env, pol, storage, env.reset(), "student")

@@ -75,7 +75,8 @@ def test_stage_2_trains_only_adapt_module_and_the_student_is_the_teacher(pipelin
     teacher, student = params(end, "actor_teacher"), params(end, "actor_student")
     for k, v in teacher.items(): assert torch.equal(student[k.replace("actor_teacher", "actor_student")], v)
     metrics = (tmp / "g1track/adapt/metrics.jsonl").read_text()
-    assert "adapt/estimator_loss" in metrics and "ppo/policy_loss" not in metrics
+    assert "adapt/estimator_loss" in metrics and "adapt/estimator_r2" in metrics and "ppo/policy_loss" not in metrics
+    assert "adapt/estimator_r2" in (tmp / "g1track/teach/metrics.jsonl").read_text()        # stage 1 logs it too
 
 
 def test_stage_3_warms_up_the_critic_then_trains_student_and_critic(pipeline):
