@@ -196,7 +196,10 @@ def start_distribution(self: TrackingEnv) -> torch.Tensor:
     return self.sampler.distribution()
 
 @patch(as_prop=True)
-def fail(self: TrackingEnv) -> torch.Tensor: return self.sampler.counts
+def fail(self: TrackingEnv) -> torch.Tensor: return self.sampler.counts          # failures per bin (decayed)
+
+@patch(as_prop=True)
+def fail_visits(self: TrackingEnv) -> torch.Tensor: return self.sampler.visits   # env-steps per bin (decayed)
 
 @patch
 def set_fixed_starts(self: TrackingEnv, clip: torch.Tensor | None, frame: torch.Tensor | None = None) -> None:
@@ -468,7 +471,7 @@ def pop_log(self: TrackingEnv) -> dict:
 def state_dict(self: TrackingEnv) -> dict:
     "Everything needed to continue bit-identically: simulator, episode buffers, random generator."
     keys = ("clip", "frame", "episode_step", "last_action", "prev_action", "target", "joint_offset",
-            "action_delay", "push_timer", "fail")
+            "action_delay", "push_timer", "fail", "fail_visits")
     return dict(sim=self.sim.state_dict(), gen=self.gen.get_state(), params=dict(self.params), hist=self.hist.state_dict(),
                 episode_sums=dict(self.episode_sums), unstable_total=self.unstable_total.cpu().clone(),
                 **{k: getattr(self, k).clone() for k in keys})

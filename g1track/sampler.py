@@ -1,5 +1,5 @@
-"""Failure-weighted episode starts: 1 s bins over every clip, drawn in proportion to recent failures with a
-uniform floor, without a host sync.
+"""Failure-weighted episode starts: 1 s bins over every clip, drawn in proportion to each bin's recent failure rate
+(spread to the second before it) with a uniform floor, without a host sync.
 
 Docs: https://g1track.github.io/g1track/sampler.html.md"""
 
@@ -10,33 +10,54 @@ __all__ = ['StartSampler']
 
 # %% ../nbs/03c_sampler.ipynb #59459196
 import torch
+from fastcore.basics import patch
 from .motion import MotionLibrary
 
 # %% ../nbs/03c_sampler.ipynb #fed1c1af
 class StartSampler:
-    "Failure-weighted (clip, frame) episode starts over fixed-length bins of every clip, with a uniform floor."
+    "Failure-rate-weighted (clip, frame) episode starts over fixed-length bins of every clip, with a uniform floor."
     def __init__(self, motion: MotionLibrary, cfg, dt: float, gen: torch.Generator):
         self.motion, self.gen, self.floor = motion, gen, float(cfg["uniform_floor"])
         half_life = cfg.get("failure_half_life_s")
         # configs written before the half-life existed decayed by `failure_decay` every step
         self.decay = 0.5 ** (dt / float(half_life)) if half_life is not None else float(cfg["failure_decay"])
-        self.counts = torch.zeros(motion.num_bins, device=motion.device)
+        self.kernel = [float(w) for w in cfg.get("failure_kernel", [1.0])]   # older configs: no spread
+        K = motion.num_bins
+        self.counts = torch.zeros(K, device=motion.device)    # failures in each bin (decayed)
+        self.visits = torch.zeros(K, device=motion.device)    # env-steps spent in each bin (decayed the same way)
+        # same_clip[i][b]: bin b + i is in the same clip as bin b, so its rate may spread back to b
+        c = motion.bin_clip
+        self.same_clip = [torch.cat([c[i:] == c[:K - i], torch.zeros(i, dtype=torch.bool, device=c.device)])
+                          for i in range(1, len(self.kernel))]
 
     def record(self, clip, frame, failed) -> None:
-        "One control step: decay every count, then add each env's failure (0 or 1) to its bin (no index list, no sync)."
-        self.counts.mul_(self.decay)
-        self.counts.index_add_(0, self.motion.bin_index(clip, frame), failed.to(self.counts.dtype))
+        "One control step: decay both numbers, then add each env's step and failure (0 or 1) to its bin (no sync)."
+        b = self.motion.bin_index(clip, frame)
+        self.counts.mul_(self.decay).index_add_(0, b, failed.to(self.counts.dtype))
+        self.visits.mul_(self.decay).index_add_(0, b, torch.ones_like(self.visits[b]))
 
-    def distribution(self) -> torch.Tensor:
-        "Probability of each bin as an episode start; uniform until the first failure."
-        K, total = self.motion.num_bins, self.counts.sum()
-        weighted = torch.where(total > 0, self.counts / total.clamp_min(1e-30), 1.0 / K)
-        return self.floor / K + (1 - self.floor) * weighted
+# %% ../nbs/03c_sampler.ipynb #cdd4236c
+@patch
+def rate(self: StartSampler) -> torch.Tensor:
+    "Failures per env-step in each bin (a bin seen for less than one step counts as one step)."
+    return self.counts / self.visits.clamp_min(1.0)
 
-    def sample(self, n: int):
-        "(clip, frame) of `n` starts. Inverse-CDF: torch.multinomial checks its input with a host sync on CUDA."
-        cdf = self.distribution().cumsum(0)
-        u = torch.rand(n, generator=self.gen, device=self.counts.device) * cdf[-1]
-        k = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
-        off = (torch.rand(n, generator=self.gen, device=self.counts.device) * self.motion.bin_frames[k]).long()
-        return self.motion.bin_clip[k], self.motion.bin_start[k] + off
+@patch
+def distribution(self: StartSampler) -> torch.Tensor:
+    "Probability of each bin as an episode start: the spread failure rates plus the floor; uniform until a failure."
+    r = self.rate()
+    w = self.kernel[0] * r
+    for i, (k, same) in enumerate(zip(self.kernel[1:], self.same_clip), 1):
+        w = w + k * torch.cat([r[i:], r.new_zeros(i)]) * same       # bin b gets k x the rate of bin b + i
+    K, total = self.motion.num_bins, w.sum()
+    weighted = torch.where(total > 0, w / total.clamp_min(1e-30), 1.0 / K)
+    return self.floor / K + (1 - self.floor) * weighted
+
+@patch
+def sample(self: StartSampler, n: int):
+    "(clip, frame) of `n` starts. Inverse-CDF: torch.multinomial checks its input with a host sync on CUDA."
+    cdf = self.distribution().cumsum(0)
+    u = torch.rand(n, generator=self.gen, device=self.counts.device) * cdf[-1]
+    k = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
+    off = (torch.rand(n, generator=self.gen, device=self.counts.device) * self.motion.bin_frames[k]).long()
+    return self.motion.bin_clip[k], self.motion.bin_start[k] + off
