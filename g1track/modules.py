@@ -7,11 +7,12 @@ Docs: https://g1track.github.io/g1track/modules.html.md"""
 
 # %% auto #0
 __all__ = ['OBS_GROUPS', 'CRITIC_GROUPS', 'ACTORS', 'policy_cfg', 'activation_layer', 'MLP', 'is_distributed', 'merge_moments',
-           'Normalizer', 'DiagGaussian', 'GaussianActor', 'TrackingPolicy', 'StudentPolicy']
+           'Normalizer', 'DiagGaussian', 'GaussianActor', 'TrackingPolicy', 'StudentPolicy', 'current_step_columns',
+           'actor_columns']
 
 # %% ../nbs/04_modules.ipynb #36185cdf
 import copy, math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 import torch
 from fastcore.basics import patch
 import torch.nn as nn
@@ -192,7 +193,8 @@ class TrackingPolicy(nn.Module):
     "Normalizers, encoder_priv, adapt_module, actor_teacher, actor_student and critic, sized by the `policy:` config."
     module_names = ("encoder_priv", "adapt_module", "actor_teacher", "actor_student", "critic")
 
-    def __init__(self, obs_dims: Mapping[str, int], action_dim: int, cfg: DictConfig | None = None):
+    def __init__(self, obs_dims: Mapping[str, int], action_dim: int, cfg: DictConfig | None = None,
+                 actor_cols: Sequence[int] | None = None):
         super().__init__()
         cfg = policy_cfg() if cfg is None else cfg
         missing = [k for k in ("policy", "priv") if k not in obs_dims]
@@ -202,14 +204,18 @@ class TrackingPolicy(nn.Module):
         self.obs_dims = {k: int(v) for k, v in obs_dims.items() if int(v) > 0}
         self.action_dim, self.latent_dim = int(action_dim), int(cfg.latent_dim)
         Dp, Dq, L, act = self.obs_dims["policy"], self.obs_dims["priv"], self.latent_dim, cfg.activation
+        # the policy columns the actor heads read (None: all); derived from the layout, so not saved with the weights
+        self.register_buffer("actor_cols", None if actor_cols is None else torch.as_tensor(list(actor_cols), dtype=torch.long),
+                             persistent=False)
+        Da = Dp if actor_cols is None else len(self.actor_cols)
         self.critic_groups = tuple(k for k in CRITIC_GROUPS if k in self.obs_dims)
         self.normalizers = nn.ModuleDict({k: Normalizer(d, clip=cfg.obs_clip) for k, d in self.obs_dims.items()})
         self.encoder_priv = MLP(Dq, cfg.encoder_priv, L, act)
         self.adapt_module = MLP(Dp, cfg.adapt_module, L, act)
         # checkpoints written before log_std_bounds existed get the default bounds
         bounds = tuple(cfg.get("log_std_bounds", None) or (-5.0, 1.0))
-        self.actor_teacher = GaussianActor(Dp + L, cfg.actor, action_dim, act, cfg.init_std, bounds)
-        self.actor_student = GaussianActor(Dp + L, cfg.actor, action_dim, act, cfg.init_std, bounds)
+        self.actor_teacher = GaussianActor(Da + L, cfg.actor, action_dim, act, cfg.init_std, bounds)
+        self.actor_student = GaussianActor(Da + L, cfg.actor, action_dim, act, cfg.init_std, bounds)
         self.critic = MLP(sum(self.obs_dims[k] for k in self.critic_groups), cfg.critic, 1, act)
 
     # ---- selecting and freezing networks ----
@@ -275,10 +281,15 @@ def _latent(self: TrackingPolicy, nobs: TensorDict, actor: str) -> torch.Tensor:
 
 # %% ../nbs/04_modules.ipynb #39cbadb4
 @patch
+def actor_input(self: TrackingPolicy, x: torch.Tensor) -> torch.Tensor:
+    "The columns of the (normalized) policy group that the actor heads read."
+    return x if self.actor_cols is None else x.index_select(-1, self.actor_cols)
+
+@patch
 def actor_dist(self: TrackingPolicy, nobs: TensorDict, actor: str = "teacher") -> DiagGaussian:
     "Action distribution from normalized observations."
     head = getattr(self, ACTORS[actor][0]) if actor in ACTORS else self.actor_teacher
-    x, z = nobs.get("policy"), self._latent(nobs, actor)
+    x, z = self.actor_input(nobs.get("policy")), self._latent(nobs, actor)
     if not z.requires_grad: return head.dist(torch.cat([x, z], -1))
     # z needs a gradient and x (data) does not: the first layer as two products, so autograd never forms the
     # unused gradient of x (one product on the concatenation does: ~7 % of a PPO update's time on a CPU)
@@ -334,13 +345,15 @@ def evaluate(self: TrackingPolicy, obs: TensorDict, actions: torch.Tensor, actor
 @patch
 def student_onnx_module(self: TrackingPolicy) -> "StudentPolicy":
     "A detached, export-friendly copy of the deployable student: raw policy obs [B, Dp] → mean action [B, A]."
-    return StudentPolicy(self.normalizers["policy"], self.adapt_module, self.actor_student.mean_net)
+    return StudentPolicy(self.normalizers["policy"], self.adapt_module, self.actor_student.mean_net, self.actor_cols)
 
 # %% ../nbs/04_modules.ipynb #77a7bcc9
 class StudentPolicy(nn.Module):
     "Deployable student: raw `policy` observations [B, Dp] → mean actions [B, A] (normalizer, adapt_module, actor mean)."
-    def __init__(self, normalizer: Normalizer, adapt_module: nn.Module, actor_mean: nn.Module):
+    def __init__(self, normalizer: Normalizer, adapt_module: nn.Module, actor_mean: nn.Module,
+                 actor_cols: torch.Tensor | None = None):
         super().__init__()
+        self.register_buffer("actor_cols", None if actor_cols is None else actor_cols.detach().clone())
         self.register_buffer("obs_mean", normalizer.mean.detach().float().clone())
         self.register_buffer("obs_inv_std", torch.rsqrt(normalizer.var + normalizer.eps).detach().float().clone())
         self.clip = normalizer.clip
@@ -349,4 +362,22 @@ class StudentPolicy(nn.Module):
         self.eval()
     def forward(self, policy_obs: torch.Tensor) -> torch.Tensor:
         x = ((policy_obs - self.obs_mean) * self.obs_inv_std).clamp(-self.clip, self.clip)
-        return self.actor(torch.cat([x, self.adapt_module(x)], -1))
+        xa = x if self.actor_cols is None else x.index_select(-1, self.actor_cols)     # a Gather in the ONNX graph
+        return self.actor(torch.cat([xa, self.adapt_module(x)], -1))
+
+# %% ../nbs/04_modules.ipynb #c16e5fdc
+def current_step_columns(layout) -> list[int]:
+    "Policy columns of the present step: every term without a history, and the block of its most recent offset for one with."
+    cols = []
+    for name, start, stop, *history in layout:
+        if not history: cols += range(start, stop); continue
+        offsets = list(history[0]); width = (stop - start) // len(offsets)
+        k = offsets.index(min(offsets))               # stacked offset-major, in the order the config lists them
+        cols += range(start + k * width, start + (k + 1) * width)
+    return cols
+
+def actor_columns(layout, cfg: DictConfig) -> list[int] | None:
+    "The policy columns the actor heads read: None (all) unless `policy.actor_history` is false and the layout has a history."
+    if layout is None or cfg.get("actor_history", True): return None     # older checkpoints: their actors read everything
+    cols = current_step_columns(layout)
+    return None if len(cols) == layout[-1][2] else cols

@@ -326,3 +326,55 @@ def test_check_layout_refuses_a_checkpoint_differing_only_in_a_terms_history():
     with pytest.raises(CheckpointError, match=rf"actions: width {w} in the checkpoint, width {w}, history \[0, 1, 2\] now"):
         check_layout({"obs_layout": {**saved["obs_layout"], "policy": [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ]]}},
                      layout_env([0, 1, 2]))                                                      # an old checkpoint, no history
+
+
+def test_a_checkpoint_with_another_actor_input_is_refused(pipeline):
+    tmp, *_ = pipeline
+    with pytest.raises(CheckpointError, match=r"trained with policy.actor_history=False.*pass policy.actor_history=False"):
+        run_stage(tmp, "adapt", "bad4", 1, "policy.actor_history=true", ckpt="run:g1track/teach")
+    from g1track.train import check_policy
+    from omegaconf import OmegaConf
+    old = {"config": "policy: {actor: [64, 64]}"}              # written before actor_history existed: its actors read it all
+    check_policy(old, OmegaConf.create({"policy": {"actor": [64, 64], "actor_history": True}}))
+    with pytest.raises(CheckpointError, match=r"policy.actor_history=True, but this run sets policy.actor_history=False"):
+        check_policy(old, OmegaConf.create({"policy": {"actor": [64, 64], "actor_history": False}}))
+
+
+def test_actors_read_the_present_step_and_the_estimator_the_history(pipeline):
+    "With actor_history=false (the default) the actor heads see the offset-0 block of each history term, adapt_module all of it."
+    from g1track.modules import current_step_columns
+    from g1track.train import policy_from_checkpoint
+    tmp, t, a, f = pipeline
+    ckpt = load_checkpoint(f["checkpoint"])
+    layout = ckpt["obs_layout"]["policy"]
+    assert any(len(e) > 3 for e in layout), "the default task gives the policy group a history"
+    pol = policy_from_checkpoint(ckpt)
+    cols = current_step_columns(layout)
+    dp = ckpt["obs_dims"]["policy"]
+    assert pol.actor_student.mean_net[0].in_features == len(cols) + pol.latent_dim < dp + pol.latent_dim
+    past = torch.ones(dp, dtype=torch.bool); past[cols] = False          # the columns of older steps
+    g = torch.Generator().manual_seed(0)
+    obs = {k: torch.randn(4, d, generator=g) for k, d in ckpt["obs_dims"].items()}
+    moved = {**obs, "policy": obs["policy"] + 3.0 * past}
+    from tensordict import TensorDict
+    td = lambda o: TensorDict(o, batch_size=[4])
+    teacher = [pol.act(td(o), "teacher", deterministic=True, with_value=False)[0] for o in (obs, moved)]
+    assert torch.equal(teacher[0], teacher[1])                           # the teacher ignores the history
+    assert not torch.allclose(pol.latent_hat(td(obs)), pol.latent_hat(td(moved)))   # the estimator reads it
+
+
+def test_the_update_runs_on_every_cpu_and_the_rollout_on_one_thread(tmp_path, monkeypatch):
+    "On a CPU the rollout keeps torch at 1 thread beside MuJoCo's pool; the update gets the process's CPUs, then 1 again."
+    from g1track.ppo import PPO
+    from g1track.stages import StageRunner, update_threads
+    seen = {"update": [], "collect": []}
+    ppo_update, collect = PPO.ppo_update, StageRunner.collect
+    monkeypatch.setattr(PPO, "ppo_update", lambda self, *a, **k: seen["update"].append(torch.get_num_threads()) or ppo_update(self, *a, **k))
+    monkeypatch.setattr(StageRunner, "collect", lambda self: seen["collect"].append(torch.get_num_threads()) or collect(self))
+    run_stage(tmp_path, "train", "threads", 2, "update_threads=3")
+    assert seen == {"update": [3, 3], "collect": [1, 1]}
+    from omegaconf import OmegaConf
+    cfg = lambda **kw: OmegaConf.create({"update_threads": None, "deterministic": False, **kw})
+    assert update_threads(cfg(), "cuda") is None and update_threads(cfg(deterministic=True), "cpu") is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                   # two ranks on this machine share its CPUs
+    assert update_threads(cfg(), "cpu") == max(1, len(os.sched_getaffinity(0)) // 2)
