@@ -71,7 +71,7 @@ def stage_table(warmup: float = 0.025) -> str:
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
-# %% ../nbs/06_stages.ipynb #02c2d849
+# %% ../nbs/06_stages.ipynb #a7c3e1f0
 def update_threads(cfg: DictConfig, device) -> int | None:
     "Torch threads for the update on a CPU: `update_threads`, or this rank's share of the CPUs; None (leave as is) on a GPU or in deterministic runs."
     if torch.device(device).type != "cpu" or cfg.get("deterministic", False): return None
@@ -89,6 +89,8 @@ def torch_threads(n: int | None):
     try: yield
     finally: torch.set_num_threads(before)
 
+
+# %% ../nbs/06_stages.ipynb #02c2d849
 class StageRunner:
     "Runs iterations of one stage on `env` with `policy`; counts frames over all ranks."
     def __init__(self, env, policy: TrackingPolicy, cfg: DictConfig, generator: torch.Generator | None = None):
