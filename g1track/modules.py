@@ -7,8 +7,8 @@ Docs: https://g1track.github.io/g1track/modules.html.md"""
 
 # %% auto #0
 __all__ = ['OBS_GROUPS', 'CRITIC_GROUPS', 'ACTORS', 'policy_cfg', 'activation_layer', 'MLP', 'is_distributed', 'merge_moments',
-           'Normalizer', 'DiagGaussian', 'GaussianActor', 'TrackingPolicy', 'StudentPolicy', 'current_step_columns',
-           'actor_columns']
+           'Normalizer', 'DiagGaussian', 'GaussianActor', 'TrackingPolicy', 'select_columns', 'StudentPolicy',
+           'current_step_columns', 'actor_columns']
 
 # %% ../nbs/04_modules.ipynb #36185cdf
 import copy, math
@@ -280,10 +280,14 @@ def _latent(self: TrackingPolicy, nobs: TensorDict, actor: str) -> torch.Tensor:
     return getattr(self, source)(nobs.get("priv" if source == "encoder_priv" else "policy"))
 
 # %% ../nbs/04_modules.ipynb #39cbadb4
+def select_columns(x: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    "`x[..., cols]`, or `x` itself when `cols` is None (a Gather in an exported graph)."
+    return x if cols is None else x.index_select(-1, cols)
+
 @patch
 def actor_input(self: TrackingPolicy, x: torch.Tensor) -> torch.Tensor:
     "The columns of the (normalized) policy group that the actor heads read."
-    return x if self.actor_cols is None else x.index_select(-1, self.actor_cols)
+    return select_columns(x, self.actor_cols)
 
 @patch
 def actor_dist(self: TrackingPolicy, nobs: TensorDict, actor: str = "teacher") -> DiagGaussian:
@@ -362,8 +366,7 @@ class StudentPolicy(nn.Module):
         self.eval()
     def forward(self, policy_obs: torch.Tensor) -> torch.Tensor:
         x = ((policy_obs - self.obs_mean) * self.obs_inv_std).clamp(-self.clip, self.clip)
-        xa = x if self.actor_cols is None else x.index_select(-1, self.actor_cols)     # a Gather in the ONNX graph
-        return self.actor(torch.cat([xa, self.adapt_module(x)], -1))
+        return self.actor(torch.cat([select_columns(x, self.actor_cols), self.adapt_module(x)], -1))
 
 # %% ../nbs/04_modules.ipynb #c16e5fdc
 def current_step_columns(layout) -> list[int]:
