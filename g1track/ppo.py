@@ -8,8 +8,8 @@ Docs: https://g1track.github.io/g1track/ppo.html.md"""
 
 # %% auto #0
 __all__ = ['TOY_POLICY', 'algo_cfg', 'RolloutStorage', 'compute_gae', 'world_size', 'is_rank_zero', 'broadcast_module_',
-           'all_reduce_mean_', 'entropy_schedule', 'gaussian_kl', 'explained_variance', 'PPO', 'truncation_values',
-           'collect_rollout', 'ToyReach', 'train_toy']
+           'all_reduce_mean_', 'linear_schedule', 'gaussian_kl', 'explained_variance', 'PPO', 'latent_gap',
+           'truncation_values', 'collect_rollout', 'ToyReach', 'train_toy']
 
 # %% ../nbs/05_ppo.ipynb #0d167d78
 from collections.abc import Iterator, Mapping
@@ -102,7 +102,7 @@ def all_reduce_mean_(x: torch.Tensor) -> torch.Tensor:
         x /= dist.get_world_size()
     return x
 
-def entropy_schedule(start: float, end: float, progress: float) -> float:
+def linear_schedule(start: float, end: float, progress: float) -> float:
     "Linear schedule from `start` (progress 0) to `end` (progress ≥ 1)."
     p = min(max(float(progress), 0.0), 1.0)
     return float(start) * (1.0 - p) + float(end) * p
@@ -260,11 +260,20 @@ def _step(self: PPO, loss: torch.Tensor, names: tuple[str, ...], kl: torch.Tenso
     for p in params: p.grad = None
     return norm, found_inf
 
+# %% ../nbs/05_ppo.ipynb #a71c3e05
+def latent_gap(policy: TrackingPolicy, nobs: TensorDict) -> torch.Tensor:
+    """MSE between z = encoder_priv(priv), with its gradient, and the detached estimate ẑ = adapt_module(policy group).
+    As a stage-1 loss it keeps z to what the student can estimate (regularized online adaptation)."""
+    with torch.no_grad(): z_hat = policy.adapt_module(nobs.get("policy"))
+    return F.mse_loss(policy.encoder_priv(nobs.get("priv")), z_hat)
+
+
 # %% ../nbs/05_ppo.ipynb #4c6f3e2e
 # ---- the updates ----
 @patch
-def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, mirror=None) -> dict[str, float]:
-    "Clipped PPO over `ppo_epochs` × `num_minibatches`, optimizing exactly the `trainable` networks. Returns logs."
+def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, mirror=None, latent_reg: float = 0.0) -> dict[str, float]:
+    """Clipped PPO over `ppo_epochs` × `num_minibatches`, optimizing exactly the `trainable` networks. Returns logs.
+    `latent_reg` > 0 (with encoder_priv trainable) adds `latent_reg` × `latent_gap`: z is pulled towards ẑ (ROA)."""
     cfg, pol = self.cfg, self.policy
     names = self._check(trainable, actor)
     if cfg.get("symmetry", False) and mirror is None:
@@ -286,6 +295,7 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
             old = pol.actor_dist(pol.normalize(flat["obs"]), actor)
             old_mean, old_log_std = old.mean, old.log_std
     flat = flat.exclude("obs")
+    regularize = latent_reg > 0 and "encoder_priv" in names
     for _ in range(int(cfg.ppo_epochs)):
         for idx in self._minibatches(flat.shape[0], int(cfg.num_minibatches)):
             mb = flat.apply(lambda t: t.index_select(0, idx), batch_size=[len(idx)])   # row gathers: ~3x faster than flat[idx]
@@ -310,6 +320,9 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
                 value_loss = torch.max(value_loss, (v_clipped - ret).square())
             value_loss = value_loss.mean()
             loss = policy_loss + cfg.value_coef * value_loss - entropy_coef * entropy
+            if regularize:
+                gap = latent_gap(pol, nobs)
+                loss = loss + latent_reg * gap
             grad_norm, skipped = self._step(loss, names, kl)
             with torch.no_grad():
                 lr0 = log_ratio[:n_orig]
@@ -319,6 +332,7 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
                 log("ppo/grad_norm", grad_norm); log("ppo/skipped_updates", skipped)
                 if adaptive: log("ppo/kl", kl)
                 if use_mirror: log("ppo/mirror_ratio_dev", (ratio[n_orig:] - 1).abs().mean())
+                if regularize: log("ppo/latent_gap", gap)
     with torch.no_grad():
         head = pol.actor_teacher if actor == "teacher" else pol.actor_student
         d = storage.data
@@ -330,6 +344,7 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
     pol.sync_normalizers_()
     out = self._reduce_logs(logs)
     out["ppo/entropy_coef"] = float(entropy_coef)
+    if regularize: out["ppo/latent_reg"] = float(latent_reg)
     return out
 
 # %% ../nbs/05_ppo.ipynb #be19fad2
@@ -452,7 +467,7 @@ def train_toy(iterations: int = 60, num_envs: int = 256, symmetry: bool = False,
     for it in range(iterations):
         obs = collect_rollout(env, policy, storage, obs, "teacher", update_stats=True)
         logs = ppo.ppo_update(storage, "teacher", ["actor_teacher", "encoder_priv", "critic"],
-                              entropy_schedule(*cfg.entropy_coef, it / max(iterations - 1, 1)), mirror=env.mirror)
+                              linear_schedule(*cfg.entropy_coef, it / max(iterations - 1, 1)), mirror=env.mirror)
         logs.update(ppo.adapt_update(storage))
         for k, v in logs.items(): history.setdefault(k, []).append(v)
     return policy, history

@@ -7,7 +7,7 @@ Docs: https://g1track.github.io/g1track/stages.html.md"""
 
 # %% auto #0
 __all__ = ['STAGES', 'NETWORKS', 'Stage', 'get_stage', 'trained_networks', 'ppo_networks', 'stage_table', 'update_threads',
-           'torch_threads', 'StageRunner']
+           'torch_threads', 'latent_reg_weights', 'StageRunner']
 
 # %% ../nbs/06_stages.ipynb #75d00099
 import math, os, time
@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
+from .config import ConfigError
 from .modules import ACTORS, TrackingPolicy
-from .ppo import PPO, RolloutStorage, entropy_schedule, world_size, truncation_values, explained_variance
+from .ppo import PPO, RolloutStorage, linear_schedule, world_size, truncation_values, explained_variance
 
 # %% ../nbs/06_stages.ipynb #22a2e661
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ def torch_threads(n: int | None):
     finally: torch.set_num_threads(before)
 
 
+# %% ../nbs/06_stages.ipynb #b3d7e2a4
+def latent_reg_weights(cfg: DictConfig) -> tuple[float, float]:
+    "`algo.latent_reg` as (start, end) weights of stage 1's latent term, or one clear error."
+    v = cfg.algo.get("latent_reg", (0.0, 0.0))
+    try: start, end = (float(x) for x in v)
+    except (TypeError, ValueError): start = end = -1.0
+    if not (start >= 0 and end >= 0):
+        raise ConfigError(f"algo.latent_reg={v} is not a [start, end] pair of weights >= 0: pass e.g. algo.latent_reg=[0.0,1.0]")
+    return start, end
+
+
 # %% ../nbs/06_stages.ipynb #02c2d849
 class StageRunner:
     "Runs iterations of one stage on `env` with `policy`; counts frames over all ranks."
@@ -102,6 +114,7 @@ class StageRunner:
         self.frames_per_iteration = env.num_envs * self.T * world_size()
         self.total_iterations = max(1, math.ceil(float(cfg.total_frames) / self.frames_per_iteration))
         self.warmup = float(cfg.algo.critic_warmup)
+        self.latent_reg = latent_reg_weights(cfg)
         # the rollout keeps torch on one thread beside MuJoCo's C pool (env.py); the update has the CPUs to itself
         self.update_threads = update_threads(cfg, env.device)
         policy.set_vecnorm(cfg.algo.vecnorm)
@@ -144,7 +157,10 @@ class StageRunner:
             if ppo_nets:
                 c = self.cfg.algo.entropy_coef
                 mirror = self.env.mirror if self.cfg.algo.symmetry else None
-                logs.update(self.algo.ppo_update(self.storage, self.stage.actor, ppo_nets, entropy_schedule(c[0], c[1], p), mirror))
+                # stage 1: z is pulled towards ẑ, with a weight that grows over the stage (algo.latent_reg)
+                reg = linear_schedule(*self.latent_reg, p) if "encoder_priv" in ppo_nets else 0.0
+                logs.update(self.algo.ppo_update(self.storage, self.stage.actor, ppo_nets, linear_schedule(c[0], c[1], p), mirror,
+                                                 latent_reg=reg))
             if self.stage.mse: logs.update(self.algo.adapt_update(self.storage))
             else: logs.update(self.estimator_loss())
         logs["perf/update_s"] = time.perf_counter() - t0

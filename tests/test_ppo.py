@@ -1,4 +1,5 @@
 """GAE, rollout storage, PPO and adaptation updates, frozen networks, symmetry and a 2-rank gloo run (g1track.ppo)."""
+import copy
 import math
 import os
 import time
@@ -10,7 +11,7 @@ from tensordict import TensorDict
 
 from g1track.modules import TrackingPolicy, policy_cfg
 from g1track.ppo import (PPO, TOY_POLICY, RolloutStorage, ToyReach, algo_cfg, collect_rollout, compute_gae,
-                         entropy_schedule, train_toy)
+                         latent_gap, linear_schedule, train_toy)
 
 
 
@@ -73,11 +74,11 @@ def test_storage_fills_and_refuses_overflow():
     torch.testing.assert_close(st.returns[:, 1], torch.ones(3))
 
 
-def test_entropy_schedule():
-    assert entropy_schedule(0.01, 0.0025, 0.0) == 0.01
-    assert entropy_schedule(0.01, 0.0025, 1.0) == 0.0025
-    assert entropy_schedule(0.01, 0.0025, 0.5) == pytest.approx(0.00625)
-    assert entropy_schedule(0.01, 0.0025, 7.0) == 0.0025 and entropy_schedule(0.01, 0.0025, -1) == 0.01
+def test_linear_schedule():
+    assert linear_schedule(0.01, 0.0025, 0.0) == 0.01
+    assert linear_schedule(0.01, 0.0025, 1.0) == 0.0025
+    assert linear_schedule(0.01, 0.0025, 0.5) == pytest.approx(0.00625)
+    assert linear_schedule(0.01, 0.0025, 7.0) == 0.0025 and linear_schedule(0.01, 0.0025, -1) == 0.01
 
 
 def small_setup(num_envs=64, T=8, seed=0, **algo):
@@ -127,6 +128,28 @@ def test_ppo_changes_exactly_the_trainable_networks(actor, trainable):
     for k in ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/approx_kl", "ppo/clip_fraction",
               "ppo/grad_norm", "ppo/action_std", "ppo/explained_variance", "ppo/entropy_coef", "ppo/lr"):
         assert isinstance(logs[k], float), k
+
+
+def test_the_latent_regularizer_pulls_z_towards_the_detached_estimate():
+    env, pol, cfg, storage = small_setup(num_envs=128, T=16)
+    pol.set_vecnorm("eval")
+    collect_rollout(env, pol, storage, env.reset(), "teacher")
+    trainable = ["actor_teacher", "encoder_priv", "critic"]
+    pol.set_trainable(trainable)
+    start, nobs = copy.deepcopy(pol.state_dict()), pol.normalize(storage.data["obs"].reshape(-1))
+    gaps, logs = {}, {}
+    for lam in (0.0, 5.0):
+        pol.load_state_dict(start)
+        logs[lam] = PPO(pol, cfg, generator=torch.Generator().manual_seed(0)).ppo_update(storage, "teacher", trainable, 0.01, latent_reg=lam)
+        with torch.no_grad(): gaps[lam] = latent_gap(pol, nobs).item()
+        assert all(torch.equal(a, b) for a, b in zip(params_of(start, "adapt_module"), pol.adapt_module.state_dict().values()))
+    assert gaps[5.0] < 0.85 * gaps[0.0]
+    assert logs[5.0]["ppo/latent_reg"] == 5.0 and logs[5.0]["ppo/latent_gap"] > 0
+    assert "ppo/latent_reg" not in logs[0.0] and "ppo/latent_gap" not in logs[0.0]
+
+
+def params_of(state_dict, network):
+    return [v for k, v in state_dict.items() if k.startswith(network + ".")]
 
 
 def test_adapt_update_trains_adapt_module_only_and_loss_falls():

@@ -1,5 +1,5 @@
 """The three stages and training runs: what trains and what stays frozen, ranks, resume, run resolution, errors."""
-import os, subprocess, sys, pathlib, types
+import json, os, subprocess, sys, pathlib, types
 import pytest
 import torch
 
@@ -39,7 +39,7 @@ NETWORKS = ("encoder_priv", "actor_teacher", "actor_student", "critic", "adapt_m
 def pipeline(tmp_path_factory):
     "A tiny teacher -> adapt -> finetune pipeline; checkpoints after every iteration."
     tmp = tmp_path_factory.mktemp("runs")
-    t = run_stage(tmp, "train", "teach", 3, "save_every=1")
+    t = run_stage(tmp, "train", "teach", 3, "save_every=1", "algo.latent_reg=[0.5,1.0]")
     a = run_stage(tmp, "adapt", "adapt", 2, "save_every=1", ckpt="run:g1track/teach")
     f = run_stage(tmp, "finetune", "fine", 4, "save_every=1", "algo.critic_warmup=0.5", ckpt="run:g1track/adapt")
     return tmp, t, a, f
@@ -378,3 +378,22 @@ def test_the_update_runs_on_every_cpu_and_the_rollout_on_one_thread(tmp_path, mo
     assert update_threads(cfg(), "cuda") is None and update_threads(cfg(deterministic=True), "cpu") is None
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                   # two ranks on this machine share its CPUs
     assert update_threads(cfg(), "cpu") == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_stage_1_pulls_z_towards_the_estimate_on_its_schedule_and_the_student_stages_do_not(pipeline):
+    tmp, *_ = pipeline
+    rows = lambda run: [json.loads(l) for l in (tmp / f"g1track/{run}/metrics.jsonl").read_text().splitlines() if l.strip()]
+    teach = rows("teach")
+    # linear from 0.5 to 1.0 over the stage's progress (iteration / iterations: 0, 1/3, 2/3)
+    assert [r["ppo/latent_reg"] for r in teach] == pytest.approx([0.5, 2 / 3, 5 / 6])
+    assert all(r["ppo/latent_gap"] > 0 for r in teach)
+    assert not any("ppo/latent_reg" in r or "ppo/latent_gap" in r for r in rows("adapt") + rows("fine"))
+
+
+@pytest.mark.parametrize("bad", ["algo.latent_reg=1.0", "algo.latent_reg=[0.0,-1.0]", "algo.latent_reg=[1,2,3]"])
+def test_a_malformed_latent_reg_is_refused_in_one_sentence(bad):
+    from g1track.config import ConfigError
+    from g1track.stages import latent_reg_weights
+    assert latent_reg_weights(compose(["+exp=train", "algo.latent_reg=[0.0,1.0]"])) == (0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"algo.latent_reg=.* is not a \[start, end\] pair of weights >= 0: pass e.g."):
+        latent_reg_weights(compose(["+exp=train", bad]))
