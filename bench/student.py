@@ -13,11 +13,13 @@ where R1 is the student's success rate over the teacher's and R2 the student's M
 of the run with history. Target on 2 cores: R1 >= 0.95, R2 <= 1.10, and both better than without history.
 Each run's full output (what train.sh prints, its tables included) is kept in OUT/history_{on,off}.log.
 
-Stage 1 trains for `--train-frames` (4M by default), twice the demo's 2M. With the demo's budget the teacher's robust
+Stage 1 trains for `--train-frames` (4M by default), over twice the demo's 1.8M. With the demo's budget the teacher's robust
 success on the squat was 0 %, 44 % and 0 % in three runs and 6 % and 16 % in two more after the sampler and init_std
 changes; with 4M it was 98 % (64 episodes).
-Stages 2 and 3 keep the demo's budgets. `--reuse` reads a variant whose evaluation OUT already holds instead of
-running it again (e.g. after `--only on`, run `--reuse` to add the run without history and print the last line).
+Stage 1 carries the default latent term (`algo.latent_reg`, 0 -> 1): without it, two runs with history ended at
+MPKPE ratios of 1.14 and 1.11; with it, 0.99 (README). Stages 2 and 3 keep the demo's budgets.
+`--reuse` reads a variant whose evaluation OUT already holds instead of running it again (e.g. after `--only on`,
+run `--reuse` to add the run without history and print the last line).
 
     python bench/student.py [--out DIR] [--only on|off] [--reuse] [--train-frames N] [Hydra overrides for every stage]
     python bench/student.py --curves DIR     # estimator loss and R² per stage, from DIR's runs, into DIR/estimator.json

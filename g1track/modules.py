@@ -290,10 +290,10 @@ def actor_input(self: TrackingPolicy, x: torch.Tensor) -> torch.Tensor:
     return select_columns(x, self.actor_cols)
 
 @patch
-def actor_dist(self: TrackingPolicy, nobs: TensorDict, actor: str = "teacher") -> DiagGaussian:
-    "Action distribution from normalized observations."
+def actor_dist(self: TrackingPolicy, nobs: TensorDict, actor: str = "teacher", z: torch.Tensor | None = None) -> DiagGaussian:
+    "Action distribution from normalized observations (`z`: the actor's latent when the caller computed it already)."
     head = getattr(self, ACTORS[actor][0]) if actor in ACTORS else self.actor_teacher
-    x, z = self.actor_input(nobs.get("policy")), self._latent(nobs, actor)
+    x, z = self.actor_input(nobs.get("policy")), self._latent(nobs, actor) if z is None else z
     if not z.requires_grad: return head.dist(torch.cat([x, z], -1))
     # z needs a gradient and x (data) does not: the first layer as two products, so autograd never forms the
     # unused gradient of x (one product on the concatenation does: ~7 % of a PPO update's time on a CPU)

@@ -261,11 +261,14 @@ def _step(self: PPO, loss: torch.Tensor, names: tuple[str, ...], kl: torch.Tenso
     return norm, found_inf
 
 # %% ../nbs/05_ppo.ipynb #a71c3e05
-def latent_gap(policy: TrackingPolicy, nobs: TensorDict) -> torch.Tensor:
-    """MSE between z = encoder_priv(priv), with its gradient, and the detached estimate ẑ = adapt_module(policy group).
-    As a stage-1 loss it keeps z to what the student can estimate (regularized online adaptation)."""
-    with torch.no_grad(): z_hat = policy.adapt_module(nobs.get("policy"))
-    return F.mse_loss(policy.encoder_priv(nobs.get("priv")), z_hat)
+def latent_gap(policy: TrackingPolicy, nobs: TensorDict, z_hat: torch.Tensor | None = None,
+               z: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between z = encoder_priv(priv), with its gradient, and the detached estimate ẑ = adapt_module(policy group)
+    (`z` and `z_hat` when the caller has them). As a stage-1 loss it keeps z to what the student can estimate
+    (regularized online adaptation)."""
+    if z_hat is None:
+        with torch.no_grad(): z_hat = policy.adapt_module(nobs.get("policy"))
+    return F.mse_loss(policy.encoder_priv(nobs.get("priv")) if z is None else z, z_hat)
 
 
 # %% ../nbs/05_ppo.ipynb #4c6f3e2e
@@ -296,6 +299,10 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
             old_mean, old_log_std = old.mean, old.log_std
     flat = flat.exclude("obs")
     regularize = latent_reg > 0 and "encoder_priv" in names
+    if regularize:   # ẑ is fixed during this update (adapt_module learns in adapt_update): estimated once, not per minibatch
+        with torch.no_grad():
+            flat["z_hat"] = pol.adapt_module(flat["nobs"]["policy"])
+            if use_mirror: flat["mirror_z_hat"] = pol.adapt_module(flat["mirror_nobs"]["policy"])
     for _ in range(int(cfg.ppo_epochs)):
         for idx in self._minibatches(flat.shape[0], int(cfg.num_minibatches)):
             mb = flat.apply(lambda t: t.index_select(0, idx), batch_size=[len(idx)])   # row gathers: ~3x faster than flat[idx]
@@ -307,7 +314,8 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
                 nobs = torch.cat([nobs, mb["mirror_nobs"]], 0)
                 actions = torch.cat([actions, mirror.action(actions)], 0)
                 old_logp, old_v, ret, adv = (torch.cat([x, x], 0) for x in (old_logp, old_v, ret, adv))
-            d = pol.actor_dist(nobs, actor)
+            z = pol.encoder_priv(nobs.get("priv")) if regularize else None   # the teacher's z, shared with the latent term
+            d = pol.actor_dist(nobs, actor, z=z)
             logp, entropy = d.log_prob(actions), d.entropy().mean()
             kl = gaussian_kl(old_mean[idx], old_log_std[idx], d.mean[:n_orig], d.log_std[:n_orig]).mean() if adaptive else None
             log_ratio = logp - old_logp
@@ -321,7 +329,7 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
             value_loss = value_loss.mean()
             loss = policy_loss + cfg.value_coef * value_loss - entropy_coef * entropy
             if regularize:
-                gap = latent_gap(pol, nobs)
+                gap = latent_gap(pol, nobs, torch.cat([mb["z_hat"], mb["mirror_z_hat"]], 0) if use_mirror else mb["z_hat"], z)
                 loss = loss + latent_reg * gap
             grad_norm, skipped = self._step(loss, names, kl)
             with torch.no_grad():

@@ -146,6 +146,11 @@ def test_the_latent_regularizer_pulls_z_towards_the_detached_estimate():
     assert gaps[5.0] < 0.85 * gaps[0.0]
     assert logs[5.0]["ppo/latent_reg"] == 5.0 and logs[5.0]["ppo/latent_gap"] > 0
     assert "ppo/latent_reg" not in logs[0.0] and "ppo/latent_gap" not in logs[0.0]
+    # with mirror augmentation the twins are pulled towards their own (mirrored) estimates
+    pol.load_state_dict(start)
+    mcfg = algo_cfg("algo.train_every=16", "algo.symmetry=true", stage="train")
+    logs = PPO(pol, mcfg, generator=torch.Generator().manual_seed(0)).ppo_update(storage, "teacher", trainable, 0.01, env.mirror, latent_reg=5.0)
+    with torch.no_grad(): assert latent_gap(pol, nobs).item() < 0.85 * gaps[0.0] and logs["ppo/latent_gap"] > 0
 
 
 def params_of(state_dict, network):
