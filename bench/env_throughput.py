@@ -30,7 +30,7 @@ if shared.is_dir(): os.environ.setdefault("MENAGERIE_ROOT", str(shared))
 import mujoco
 from mujoco import rollout
 from g1track.robot import load_g1
-from g1track.sim import make_sim
+from g1track.sim_factory import make_sim
 from g1track.config import task_cfg
 from g1track.env import TrackingEnv
 

@@ -1,16 +1,22 @@
-"""Does the teacher learn? Stage 1 on the built-in `squat` clip with the CPU backend for a fixed frame budget.
+"""Does the teacher learn, and how close to the physics does it train? Stage 1 on the built-in `squat` clip with the
+CPU backend for a fixed frame budget.
 
 Prints, before and after training, a fixed deterministic evaluation of the teacher (starts every 0.5 s
 along the clip, no noise, no randomization, up to 4 s each): success rate (survived the 4 s or reached
-the clip end), mean episode length and mean body-position error; then the training frames/s next to
-the env-only steps/s of the same environment (random actions), measured in the same run: a second env of
-the same task is stepped alone for `--probe-steps` steps after every training iteration, so both are timed
-under the same machine load (other processes may share the cores), and its time is not counted as
-training time. The last line ends with `ratio=R` = training frames/s / env-only steps/s (target >= 0.6).
+the clip end), mean episode length and mean body-position error; then the training frames/s against two
+references measured in the same run, after every training iteration, so that all three are timed under the same
+machine load (other processes may share the cores) and their time is not counted as training time:
+- env-only steps/s: a second env of the same task stepped alone with random actions for `--probe-steps` steps;
+- the same-physics ceiling: MuJoCo C redoing the first `--physics-calls` rollout calls that the training env made in
+  that iteration (its own per-env models, the same input states with every reset and push, the same PD targets),
+  with nothing but the call loop in between (as `bench/env_throughput.py` measures it).
+The last line ends with `ratio=R1 vs_physics=R2`: training frames/s over env-only steps/s, and over the
+same-physics ceiling (everything the training adds to the physics: observations, rewards, the policy, the update).
 
-    python bench/learn.py [--frames 2000000] [--preset cpu_demo] [--envs 128] [--probe-steps 4]
+    python bench/learn.py [--frames 2000000] [--preset cpu_demo] [--envs 128] [--probe-steps 4] [--physics-calls 4]
 """
 import argparse, os, pathlib, sys, tempfile, time
+import numpy as np
 import torch
 
 shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "menagerie"
@@ -75,12 +81,46 @@ class EnvOnly:
     def steps_per_s(self) -> float: return self.steps / self.seconds
 
 
-def interleaved(env_only: EnvOnly):
-    "Patch `StageRunner.iteration` to run the env-only probe after each training iteration; returns the undo."
+class SamePhysics:
+    """The physics ceiling of the training env itself: its first `calls` rollout calls of each iteration are recorded
+    (inputs copied, ~0.1 ms each, inside the training's time), then redone by MuJoCo C after the iteration with nothing
+    in between; control steps/s summed over the run."""
+    def __init__(self, calls: int):
+        self.k, self.sim, self.recorded, self.seconds, self.steps = int(calls), None, [], 0.0, 0
+
+    def attach(self, sim) -> None:
+        "Record the rollout calls of `sim` (once: the training env's simulator)."
+        if self.sim is not None: return
+        self.sim, original = sim, sim._rollout.rollout
+        def recording(models, datas, initial_state, control, **kw):
+            if len(self.recorded) < self.k: self.recorded.append((list(models), initial_state.copy(), control.copy()))
+            return original(models, datas, initial_state, control, **kw)
+        sim._rollout.rollout = recording
+
+    def run(self) -> None:
+        "Redo this iteration's recorded calls (same models, states and controls) and time them."
+        sim = self.sim
+        for models, state, ctrl in self.recorded:
+            out = np.empty((len(state), sim.decimation, sim._nstate))
+            sens = np.empty((len(state), sim.decimation, sim.nsensordata))
+            t0 = time.perf_counter()
+            sim._rollout.rollout(models, sim._datas, state, ctrl, skip_checks=True, nstep=sim.decimation,
+                                 state=out, sensordata=sens, initial_warmstart=None, chunk_size=None)
+            self.seconds += time.perf_counter() - t0; self.steps += len(state)
+        self.recorded = []
+
+    @property
+    def steps_per_s(self) -> float: return self.steps / self.seconds if self.seconds else float("nan")
+
+
+def interleaved(env_only: EnvOnly, physics: SamePhysics):
+    "Patch `StageRunner.iteration` to run both probes after each training iteration; returns the undo."
     import g1track.stages as stages
     original = stages.StageRunner.iteration
     def iteration(self, it):
+        physics.attach(self.env.sim)
         out = original(self, it)
+        physics.run()
         env_only.run()
         return out
     stages.StageRunner.iteration = iteration
@@ -99,6 +139,7 @@ def main():
     ap.add_argument("--envs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe-steps", type=int, default=4, help="env-only steps after each training iteration")
+    ap.add_argument("--physics-calls", type=int, default=4, help="rollout calls of each iteration redone by MuJoCo C alone")
     a = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,12 +155,12 @@ def main():
         print(f"stage 1 on builtin:squat, {cfg.task.num_envs} envs, {int(a.frames)} frames, preset={a.preset or 'none'}, "
               f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cpus", flush=True)
         show("start", start)
-        env_only = EnvOnly(cfg.task, a.probe_steps)
-        undo = interleaved(env_only)
+        env_only, physics = EnvOnly(cfg.task, a.probe_steps), SamePhysics(a.physics_calls)
+        undo = interleaved(env_only, physics)
         t0 = time.perf_counter()
         try: result = train(cfg)
         finally: undo()
-        wall = time.perf_counter() - t0 - env_only.seconds          # the training's own time
+        wall = time.perf_counter() - t0 - env_only.seconds - physics.seconds          # the training's own time
         end = evaluate(result["policy"].cpu().eval(), quiet)
         show("end", end)
     env_sps = env_only.steps_per_s
@@ -128,8 +169,10 @@ def main():
           f"body_pos_error_cm {start['body_pos_error_cm']:.1f}->{end['body_pos_error_cm']:.1f}")
     print(f"env only (random actions, {a.probe_steps} steps after each iteration, {env_only.steps} env-steps in "
           f"{env_only.seconds:.1f} s): {env_sps:.0f} steps/s; load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"same physics (MuJoCo C redoing {physics.steps} env-steps of the training env's own rollout calls in "
+          f"{physics.seconds:.1f} s): {physics.steps_per_s:.0f} steps/s")
     print(f"train_wall_s={wall:.0f} train_frames_per_s={train_fps:.0f} env_only_steps_per_s={env_sps:.0f} "
-          f"ratio={train_fps / env_sps:.2f}")
+          f"physics_steps_per_s={physics.steps_per_s:.0f} ratio={train_fps / env_sps:.2f} vs_physics={train_fps / physics.steps_per_s:.2f}")
     return 0
 
 

@@ -30,7 +30,8 @@ from g1track.config import task_cfg
 from g1track.env import TrackingEnv
 from g1track.motion import builtin_motion
 from g1track.robot import FREE_LIN_VEL, FREE_POS, QPOS_JOINTS, load_g1
-from g1track.sim import make_sim, sim_cfg
+from g1track.sim import sim_cfg
+from g1track.sim_factory import make_sim
 from env_throughput import env_rate, same_work, random_action
 
 SETTINGS = [(100, 50), (50, 25), (20, 20), (10, 20), (5, 10), (3, 5)]

@@ -14,7 +14,7 @@ It prints one line per point, writes the curve as PNG and JSON into --out, and e
 `final nominal_success=S1 robust_success=S2 mpkpe_mm=M r_mpkpe_mm=R frames=F wall_s=W`.
 On a CPU it trains with `+preset=cpu_track`; on a GPU with the full-scale settings (same command).
 
-    python bench/track_real.py [--motion FILE] [--fps 30] [--frames 300:600] [--budget 8e6] [--preset auto]
+    python bench/track_real.py [--motion FILE] [--fps 30] [--frames 300:600] [--budget 8e6 | --minutes 90] [--preset auto]
                                [--points 5] [--out DIR] [Hydra overrides for training, e.g. algo.lr=1e-4]
 """
 import argparse, json, os, pathlib, subprocess, sys, time
@@ -29,6 +29,7 @@ from g1track.motion import load_motion, save_clip
 from g1track.eval.core import eval_cfg, evaluate_checkpoint
 
 DEFAULT_MOTION = SHARED / "motions" / "lafan1_g1_dance2_subject1.csv"
+CPU_FRAMES_PER_S = 3400      # one training process on 2 idle cores (cpu_track, measured): sizes the schedules of a --minutes run
 
 
 def parse(argv=None):
@@ -37,7 +38,11 @@ def parse(argv=None):
     ap.add_argument("--fps", type=float, default=None, help="frame rate of a CSV (default 30)")
     ap.add_argument("--frames", default="300:600", help="source frames START:END of the window (default: 10 s of a 30-fps clip, "
                                                          "seconds 10-20 of the LAFAN1 dance, where the dancing starts)")
-    ap.add_argument("--budget", type=float, default=None, help="training frames (default 8e6 on a CPU, 2e8 on a GPU)")
+    ap.add_argument("--budget", type=float, default=None, help="training frames (default 8e6 on a CPU, 2e8 on a GPU; with --minutes, "
+                                                                "what that many minutes give at 3400 frames/s on a CPU, 2e8 on a GPU)")
+    ap.add_argument("--minutes", type=float, default=None, help="a training wall-clock budget: training stops after the iteration that "
+                                                                 "passes it (time_limit_s) and the last checkpoint is evaluated; the "
+                                                                 "schedules still follow --budget")
     ap.add_argument("--preset", default="auto", help="auto: cpu_track on a CPU, none (full scale) on a GPU; or a preset name; '' for none")
     ap.add_argument("--points", type=int, default=5, help="evaluation points along training (4-6 make a curve)")
     ap.add_argument("--robust_episodes", type=int, default=32)
@@ -60,6 +65,14 @@ def evaluate(ckpt: pathlib.Path, out: pathlib.Path, robust_episodes: int) -> dic
     return dict(nominal_success=n["success"], robust_success=r["success"], mpkpe_mm=n["mpkpe_mm"], r_mpkpe_mm=n["mpkpe_root_mm"],
                 nominal_survival=n["survival"], robust_mpkpe_mm=r["mpkpe_mm"], nominal_episodes=n["episodes"],
                 nominal_length_s=n["length_s"], robust_length_s=r["length_s"])
+
+
+def plan_points(iterations: int, points: int) -> tuple[int, list[int]]:
+    """(save_every, the iterations to evaluate): every `save_every`-th checkpoint up to the last, which training always
+    writes. The marks are exactly the checkpoints training writes, so none is waited for in vain."""
+    save_every = max(1, iterations // max(1, points))
+    marks = [k * save_every for k in range(1, max(1, points)) if k * save_every < iterations] + [iterations]
+    return save_every, marks
 
 
 def train_logs(run: pathlib.Path, iteration: int) -> dict:
@@ -105,18 +118,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     gpu = torch.cuda.is_available()
     preset = ("" if gpu else "cpu_track") if a.preset == "auto" else a.preset
-    budget = int(a.budget or (2e8 if gpu else 8e6))
+    if a.minutes is not None and not a.minutes > 0: sys.exit(f"error: --minutes {a.minutes} must be > 0")
+    cpu_default = 8e6 if a.minutes is None else a.minutes * 60 * CPU_FRAMES_PER_S
+    budget = int(a.budget or (2e8 if gpu else cpu_default))
     out = pathlib.Path(a.out or ROOT / "runs" / "track_real" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     clip_file = window(a, out)
     overrides = ["task=G1/G1_tracking", "+exp=train", *([f"+preset={preset}"] if preset else []), f"task.motions=[{clip_file}]",
                  f"total_frames={budget}", f"run_dir={out}", "wandb.mode=disabled", "wandb.id=teacher", f"seed={a.seed}",
-                 "keep_checkpoints=0", "progress=false", *a.overrides]
+                 "keep_checkpoints=0", "progress=false", *([f"time_limit_s={a.minutes * 60}"] if a.minutes else []), *a.overrides]
     cfg = compose(overrides)
     per_it = int(cfg.task.num_envs) * int(cfg.algo.train_every) * int(os.environ.get("WORLD_SIZE", 1))
     iterations = -(-budget // per_it)
-    marks = sorted({max(1, round(iterations * (k + 1) / a.points)) for k in range(a.points)})
-    overrides.append(f"save_every={max(1, min(marks[0], *(b - c for b, c in zip(marks[1:], marks))) if len(marks) > 1 else marks[0])}")
+    save_every, marks = plan_points(iterations, a.points)
+    overrides.append(f"save_every={save_every}")
     print(f"track_real: {a.motion} frames {a.frames} -> {clip_file.name}; preset={preset or 'none (full scale)'}; "
           f"{cfg.task.num_envs} envs x {cfg.algo.train_every} steps = {per_it} frames/iteration, {iterations} iterations, "
           f"evaluations at iterations {marks}", flush=True)
@@ -141,6 +156,10 @@ def main(argv=None) -> int:
                       f"wall_s={m['wall_s']:.0f}", flush=True)
                 continue
             if proc.poll() is not None and not ckpt.is_file():
+                final = last_checkpoint(run)
+                if proc.returncode == 0 and a.minutes and final is not None and final[0] > (curve[-1]["iteration"] if curve else 0):
+                    pending = [final[0]]            # the time limit stopped training before this mark: evaluate where it stopped
+                    continue
                 print(f"error: training stopped (exit {proc.returncode}) before iteration {pending[0]}; see {out / 'train.log'}",
                       file=sys.stderr)
                 return 1
@@ -157,6 +176,12 @@ def main(argv=None) -> int:
     print(f"final nominal_success={f['nominal_success']:.2f} robust_success={f['robust_success']:.2f} mpkpe_mm={f['mpkpe_mm']:.1f} "
           f"r_mpkpe_mm={f['r_mpkpe_mm']:.1f} frames={f['frames']} wall_s={time.perf_counter() - t0:.0f}")
     return 0
+
+
+def last_checkpoint(run: pathlib.Path):
+    "(iteration, path) of the newest ckpt_*.pt of a run, or None."
+    found = sorted((int(p.stem.split("_")[1]), p) for p in (run / "checkpoints").glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
+    return found[-1] if found else None
 
 
 def m_frames(ckpt: pathlib.Path) -> int:

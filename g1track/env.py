@@ -18,13 +18,13 @@ from tensordict import TensorDict
 from omegaconf import DictConfig
 from .config import task_cfg
 from .robot import load_g1, BodyKinematics, FREE_POS, FREE_QUAT, QPOS_JOINTS, FREE_LIN_VEL, FREE_ANG_VEL, QVEL_JOINTS
-from .rotations import quat_mul, quat_angle, quat_from_rotvec, quat_normalize
+from .rotations import quat_mul, quat_angle, quat_from_rotvec, quat_normalize, projected_gravity
 from .motion import MotionLibrary, load_motions
-from .sim import make_sim
+from .sim_factory import make_sim
 from .observations import TERMS, GROUPS, Mirror, History, term_entries, has_history, reanchor
 from .rewards import REWARDS, TERMINATIONS
 from .sampler import StartSampler
-from .task import AttrDict, uniform, validate_task
+from .task import AttrDict, Curriculum, uniform, validate_task
 # names other modules, notebooks and tests import from g1track.env, where they used to live
 from .observations import mirror_qpos, mirror_qvel
 from .rewards import REWARD_TERMS
@@ -101,6 +101,7 @@ def _setup_buffers(self: TrackingEnv):
     self.last_action, self.prev_action, self.target = z(N, nj), z(N, nj), z(N, nj)
     self.joint_offset, self.action_delay, self.push_timer = z(N, nj), z(N), z(N)
     self.sampler = StartSampler(self.motion, self.c.sampling, self.dt, self.gen)
+    self.curriculum = Curriculum(self.c.get("curriculum"))   # at its end values until a stage-1 runner moves it
     self.episode_sums = {k: z(N) for k in tuple(self.rewards) + ("return", "body_pos_error")}
     self._setup_log()
     self._ranges = {}                                    # config ranges as device tensors, see _uniform
@@ -233,15 +234,15 @@ def _reset_where(self: TrackingEnv, mask: torch.Tensor, every: bool = False) -> 
     clip, frame = self._sample_starts(N)
     self.clip.copy_(torch.where(m, clip, self.clip)); self.frame.copy_(torch.where(m, frame, self.frame))
     self.episode_step.masked_fill_(m, 0)
-    n = N
+    n, k = N, self.curriculum["reset_noise"]                 # k: the curriculum's factor on every reset range
     qpos, qvel = self.motion.qpos(clip, frame).clone(), self.motion.qvel(clip, frame).clone()
-    qpos[:, FREE_POS] += self._uniform(c.root_pos, (n, 3))
-    tilt = quat_from_rotvec(self._uniform(c.root_rot, (n, 3)))
+    qpos[:, FREE_POS] += k * self._uniform(c.root_pos, (n, 3))
+    tilt = quat_from_rotvec(k * self._uniform(c.root_rot, (n, 3)))
     qpos[:, FREE_QUAT] = quat_normalize(quat_mul(tilt, qpos[:, FREE_QUAT]))
-    qpos[:, QPOS_JOINTS] = torch.clamp(qpos[:, QPOS_JOINTS] + self._uniform(c.joint_pos, (n, self.nj)), self.joint_lower, self.joint_upper)
-    qvel[:, FREE_LIN_VEL] += self._uniform(c.root_lin_vel, (n, 3))
-    qvel[:, FREE_ANG_VEL] += self._uniform(c.root_ang_vel, (n, 3))
-    qvel[:, QVEL_JOINTS] += self._uniform(c.joint_vel, (n, self.nj))
+    qpos[:, QPOS_JOINTS] = torch.clamp(qpos[:, QPOS_JOINTS] + k * self._uniform(c.joint_pos, (n, self.nj)), self.joint_lower, self.joint_upper)
+    qvel[:, FREE_LIN_VEL] += k * self._uniform(c.root_lin_vel, (n, 3))
+    qvel[:, FREE_ANG_VEL] += k * self._uniform(c.root_ang_vel, (n, 3))
+    qvel[:, QVEL_JOINTS] += k * self._uniform(c.joint_vel, (n, self.nj))
     self.sim.set_state_where(m, qpos, qvel)
     self._randomize_episode(m)
     b = m[:, None]
@@ -280,10 +281,30 @@ def _read_state(self: TrackingEnv, mask=None):
 
 
 @patch
+def _action_base(self: TrackingEnv) -> torch.Tensor:
+    "What an action of zero holds: the default pose, or (`action.relative_to: reference`) the reference joints of the frame this step reaches."
+    if self.c.action.relative_to == "default": return self.default_joint_pos
+    return self.motion.qpos(self.clip, self.frame)[:, QPOS_JOINTS]
+
+@patch
+def _assist(self: TrackingEnv) -> torch.Tensor | None:
+    """The assistive root wrench of stage 1's curriculum as generalized forces [N, nv] (None once it has faded out): a vertical
+    spring-damper towards the reference root height and a torque turning the root's tilt towards the reference's (`task.assist`)."""
+    w = self.curriculum["assist"]
+    if w <= 0: return None
+    a, q, v, ref = self.c.assist, self.sim.qpos, self.sim.qvel, self.motion.qpos(self.clip, self.frame)
+    f = torch.zeros_like(v)
+    f[:, 2] = a.height_kp * (ref[:, 2] - q[:, 2]) - a.height_kd * v[:, 2]
+    # gravity seen from the root now and in the reference: their cross product turns the one towards the other (heading is free)
+    g_now, g_ref = projected_gravity(q[:, FREE_QUAT]), projected_gravity(ref[:, FREE_QUAT])
+    f[:, FREE_ANG_VEL] = a.tilt_kp * torch.linalg.cross(g_ref, g_now) - a.tilt_kd * v[:, FREE_ANG_VEL] * torch.tensor([1.0, 1.0, 0.0], device=v.device)
+    return w * f
+
+@patch
 def _ctrl(self: TrackingEnv, action: torch.Tensor) -> torch.Tensor:
     "PD targets per physics substep: the previous target until the env's action delay has passed."
     prev = self.target
-    self.target = self.default_joint_pos + self.joint_offset + self.action_scale * action
+    self.target = self._action_base() + self.joint_offset + self.action_scale * action
     if not self.c.randomization.enabled: return self.target
     delayed = torch.round(self.action_delay / self.physics_dt).long().clamp(0, self.decimation)       # [N] substeps
     sub = torch.arange(self.decimation, device=self.device)
@@ -309,13 +330,15 @@ def tracking_errors(self: TrackingEnv, ref) -> dict:
 def _rewards(self: TrackingEnv, ref):
     "Each configured term times its weight and the control period (`REWARDS`), and their sum."
     self.errors = self.tracking_errors(ref)
-    scale = float(self.c.rewards.scale)
-    weighted = {k: scale * w * fn(self, ref, **params) for k, (fn, w, params) in self.rewards.items()}
+    scale, cur = float(self.c.rewards.scale), self.curriculum
+    weight = lambda k, w: w * cur["action_rate"] if k == "action_rate" else w      # the curriculum may ramp the penalty in
+    weighted = {k: scale * weight(k, w) * fn(self, ref, **params) for k, (fn, w, params) in self.rewards.items()}
     return sum(weighted.values()), weighted, self.errors["body_pos_error"]
 
 @patch
 def _terminations(self: TrackingEnv, ref) -> dict:
-    return {k: fn(self, ref, limit) for k, (fn, limit) in self.terminations.items()}
+    k = self.curriculum["termination_scale"]                 # the curriculum may loosen the limits early in stage 1
+    return {name: fn(self, ref, limit * k) for name, (fn, limit) in self.terminations.items()}
 
 # %% ../nbs/03_env.ipynb #169758a0
 @patch
@@ -371,12 +394,16 @@ def step(self: TrackingEnv, action, kinematic: bool = False) -> TensorDict:
     `kinematic=True` replays the reference instead of simulating: the robot is put on the frame it is scored against."""
     a = (action["action"] if isinstance(action, TensorDict) else action).to(self.device, torch.float32)
     self.prev_action, self.last_action = self.last_action, a.clone()
+    last = self.motion.num_frames[self.clip] - 1
+    # the reference moves on with the physics: the state after this step is scored against the frame of the
+    # instant it reached (one control period on), not the frame the robot started the step in
+    self.frame = torch.minimum(self.frame + 1, last)
     if kinematic:
         self.sim.set_state(torch.arange(self.num_envs, device=self.device), self.motion.qpos(self.clip, self.frame),
                            self.motion.qvel(self.clip, self.frame))
     else:
         self._apply_pushes()
-        self.sim.step(self._ctrl(a))
+        self.sim.step(self._ctrl(a), self._assist())
     self._read_state()
     ref = self.motion.get(self.clip, self.frame, (0,))
     reward, terms, body_err = self._rewards(ref)
@@ -386,11 +413,9 @@ def step(self: TrackingEnv, action, kinematic: bool = False) -> TensorDict:
     failed = torch.stack(list(why.values())).any(0)
     terminated = failed | unstable
     self.episode_step += 1
-    last = self.motion.num_frames[self.clip] - 1
     truncated = ((self.episode_step >= self.max_steps) | (self.frame >= last)) & ~terminated
     self._record(reward, terms, body_err, why, terminated, truncated, unstable)
-    self.sampler.record(self.clip, self.frame, failed)
-    self.frame = torch.minimum(self.frame + 1, last)                       # advance the reference
+    self.sampler.record(self.clip, self.frame, failed, self.episode_step * self.dt >= self.sampler.settle_s)
     if self._hist_terms: self.hist.push(self._history_values())            # what the policy observes now
     done = terminated | truncated
     # every env's observation before the resets: truncated episodes bootstrap from it. Computed for all envs

@@ -22,6 +22,7 @@ class StartSampler:
         # configs written before the half-life existed decayed by `failure_decay` every step
         self.decay = 0.5 ** (dt / float(half_life)) if half_life is not None else float(cfg["failure_decay"])
         self.kernel = [float(w) for w in cfg.get("failure_kernel", [1.0])]   # older configs: no spread
+        self.settle_s = float(cfg.get("settle_s", 0.0))                      # older configs: every step counts
         K = motion.num_bins
         self.counts = torch.zeros(K, device=motion.device)    # failures in each bin (decayed)
         self.visits = torch.zeros(K, device=motion.device)    # env-steps spent in each bin (decayed the same way)
@@ -30,11 +31,13 @@ class StartSampler:
         self.same_clip = [torch.cat([c[i:] == c[:K - i], torch.zeros(i, dtype=torch.bool, device=c.device)])
                           for i in range(1, len(self.kernel))]
 
-    def record(self, clip, frame, failed) -> None:
-        "One control step: decay both numbers, then add each env's step and failure (0 or 1) to its bin (no sync)."
+    def record(self, clip, frame, failed, settled=None) -> None:
+        """One control step: decay both numbers, then add each env's step and failure (0 or 1) to its bin (no sync).
+        `settled` [N] (default all): the envs past their episode's first `settle_s`; only their steps count."""
         b = self.motion.bin_index(clip, frame)
-        self.counts.mul_(self.decay).index_add_(0, b, failed.to(self.counts.dtype))
-        self.visits.mul_(self.decay).index_add_(0, b, torch.ones_like(self.visits[b]))
+        w = torch.ones_like(self.visits[b]) if settled is None else settled.to(self.visits.dtype)
+        self.counts.mul_(self.decay).index_add_(0, b, failed.to(self.counts.dtype) * w)
+        self.visits.mul_(self.decay).index_add_(0, b, w)
 
 # %% ../nbs/03c_sampler.ipynb #cdd4236c
 @patch
@@ -46,9 +49,11 @@ def rate(self: StartSampler) -> torch.Tensor:
 def distribution(self: StartSampler) -> torch.Tensor:
     "Probability of each bin as an episode start: the spread failure rates plus the floor; uniform until a failure."
     r = self.rate()
-    w = self.kernel[0] * r
+    w, norm = self.kernel[0] * r, self.kernel[0]
     for i, (k, same) in enumerate(zip(self.kernel[1:], self.same_clip), 1):
         w = w + k * torch.cat([r[i:], r.new_zeros(i)]) * same       # bin b gets k x the rate of bin b + i
+        norm = norm + k * same
+    w = w / norm          # a weighted mean of the rates: a clip's last bins, with fewer bins after them, are not weighed down
     K, total = self.motion.num_bins, w.sum()
     weighted = torch.where(total > 0, w / total.clamp_min(1e-30), 1.0 / K)
     return self.floor / K + (1 - self.floor) * weighted

@@ -9,14 +9,14 @@ Docs: https://g1track.github.io/g1track/sim_mujoco.html.md"""
 __all__ = ['MujocoSim']
 
 # %% ../nbs/02a_sim_mujoco.ipynb #b3064a64
-import os, copy
+import copy
 import numpy as np
 import torch
 import mujoco
 from fastcore.basics import patch
 from omegaconf import DictConfig
 from .robot import G1
-from .sim import Sim, SimConfigError, sim_cfg
+from .sim import Sim, SimConfigError, cpu_share, sim_cfg
 
 # %% ../nbs/02a_sim_mujoco.ipynb #220f4aff
 _T0 = 1.0   # every env starts a control step at this time; a MuJoCo warning leaves it short
@@ -29,7 +29,7 @@ class MujocoSim(Sim):
         from mujoco import rollout
         super().__init__(g1, num_envs, device, cfg if cfg is not None else sim_cfg())
         n = nthread if nthread is not None else self.cfg.nthread
-        self.nthread = int(n) if n is not None else len(os.sched_getaffinity(0))
+        self.nthread = int(n) if n is not None else cpu_share()
         if self.nthread < 1: raise SimConfigError(f"nthread must be at least 1, got {self.nthread}") from None
         m, N, D = self.model, self.num_envs, self.decimation
         self._rollout = rollout.Rollout(nthread=self.nthread)
@@ -68,14 +68,22 @@ class MujocoSim(Sim):
 
 # %% ../nbs/02a_sim_mujoco.ipynb #4f359bc7
 @patch
-def _advance(self: MujocoSim, ctrl, bad):
+def _advance(self: MujocoSim, ctrl, bad, qfrc=None):
     self._ctrl_t.copy_(ctrl)
     b = bad.cpu().numpy()                         # MuJoCo's inputs are numpy: the rows are found there, not on the device
     if b.any():                                   # never hand MuJoCo a NaN: those envs restart from default
         ids = np.flatnonzero(b)
         self._ctrl[ids] = self.g1.default_joint_pos
         self._state[ids, self._qs] = self.g1.default_qpos; self._state[ids, self._vs] = 0
-    self._rollout.rollout(self._models, self._datas, self._state, self._ctrl, skip_checks=True, nstep=self.decimation,
+    control, spec = self._ctrl, mujoco.mjtState.mjSTATE_CTRL.value
+    # with forces, the rollout's controls are [ctrl, qfrc_applied], held over the substeps. The thread's MjData keeps
+    # qfrc_applied between calls, so once forces were given they are always passed (zeros when none)
+    if qfrc is not None or hasattr(self, "_ctrl_qfrc"):
+        if not hasattr(self, "_ctrl_qfrc"): self._ctrl_qfrc = np.zeros((self.num_envs, self.decimation, self.model.nu + self.model.nv))
+        self._ctrl_qfrc[:, :, :self.model.nu] = self._ctrl
+        self._ctrl_qfrc[:, :, self.model.nu:] = 0.0 if qfrc is None else np.nan_to_num(qfrc.detach().cpu().double().numpy())[:, None]
+        control, spec = self._ctrl_qfrc, spec | mujoco.mjtState.mjSTATE_QFRC_APPLIED.value
+    self._rollout.rollout(self._models, self._datas, self._state, control, control_spec=spec, skip_checks=True, nstep=self.decimation,
                           state=self._out, sensordata=self._sens_out, initial_warmstart=None, chunk_size=None)
     np.copyto(self._state, self._out[:, -1])
     np.copyto(self._sens, self._sens_out[:, -1])

@@ -67,6 +67,7 @@ class WarpSim(Sim):
         wd = self._wd
         self.qpos, self.qvel = wp.to_torch(wd.qpos), wp.to_torch(wd.qvel)
         self.sensordata, self._warm = wp.to_torch(wd.sensordata), wp.to_torch(wd.qacc_warmstart)
+        self._qfrc = wp.to_torch(wd.qfrc_applied)               # generalized forces held over a control step (zero unless given)
         self._overflow, self._stage_t = wp.to_torch(wd.overflow), wp.to_torch(self._stage)
         self._fields = {f: wp.to_torch(getattr(self._wm, f)) for f in PARAM_FIELDS}
         self._wm.opt.warn_overflow = 0                # counted and logged instead (see counters())
@@ -115,8 +116,10 @@ def _run(self: WarpSim):
 
 # %% ../nbs/02b_sim_warp.ipynb #543d21cb
 @patch
-def _advance(self: WarpSim, ctrl, bad):
+def _advance(self: WarpSim, ctrl, bad, qfrc=None):
     b = bad[:, None]
+    if qfrc is not None: self._qfrc.copy_(qfrc)
+    else: self._qfrc.zero_()
     self._stage_t.copy_(torch.where(bad[None, :, None], self._default_ctrl, ctrl.transpose(0, 1)))
     self.qpos.copy_(torch.where(b, self._default_qpos, self.qpos))
     self.qvel.masked_fill_(b, 0.0); self._warm.masked_fill_(b, 0.0)

@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'NETWORKS', 'Stage', 'get_stage', 'trained_networks', 'ppo_
            'torch_threads', 'latent_reg_weights', 'StageRunner']
 
 # %% ../nbs/06_stages.ipynb #75d00099
-import math, os, time
+import math, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 import torch
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from .config import ConfigError
 from .modules import ACTORS, TrackingPolicy
 from .ppo import PPO, RolloutStorage, linear_schedule, world_size, truncation_values, explained_variance
+from .sim import cpu_share
 
 # %% ../nbs/06_stages.ipynb #22a2e661
 @dataclass(frozen=True)
@@ -74,13 +75,10 @@ def stage_table(warmup: float = 0.025) -> str:
 
 # %% ../nbs/06_stages.ipynb #a7c3e1f0
 def update_threads(cfg: DictConfig, device) -> int | None:
-    "Torch threads for the update on a CPU: `update_threads`, or this rank's share of the CPUs; None (leave as is) on a GPU or in deterministic runs."
+    "Torch threads for the update on a CPU: `update_threads`, or this rank's share of its CPUs (`cpu_share`); None (leave as is) on a GPU or in deterministic runs."
     if torch.device(device).type != "cpu" or cfg.get("deterministic", False): return None
     n = cfg.get("update_threads", None)
-    if n is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1))       # ranks on one machine share its CPUs
-    return max(1, int(n))
+    return max(1, int(n if n is not None else cpu_share()))     # ranks on one machine share its CPUs
 
 @contextmanager
 def torch_threads(n: int | None):
@@ -150,6 +148,8 @@ class StageRunner:
         "One rollout and the stage's updates; returns the logs."
         p = self.progress(iteration)
         ppo_nets = ppo_networks(self.stage, p, self.warmup)
+        # the task's curriculum (task.curriculum) moves with the stage that trains from scratch; the others run its end values
+        if self.stage.starts_from is None: self.env.curriculum.set_progress(p)
         self.policy.set_trainable(trained_networks(self.stage, p, self.warmup))
         logs = self.collect()
         t0 = time.perf_counter()

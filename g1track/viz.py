@@ -254,14 +254,13 @@ CURVES = (("return", "episode/return", 1.0), ("episode length s", "episode/lengt
           ("estimator loss", "adapt/estimator_loss", 1.0))
 
 def read_metrics(folder) -> list:
-    "The rows of a run folder's `metrics.jsonl` (one dict per logged iteration); [] if there is none yet."
-    import json, pathlib
-    f = pathlib.Path(folder) / "metrics.jsonl"
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+    "The rows of a run folder's `metrics.jsonl` as one run (`runs.read_metrics`: a last line cut short by a kill is skipped)."
+    from g1track.runs import read_metrics as read       # lazily: g1track.runs brings torch and the networks
+    return read(folder)
 
 def run_lineage(spec, run_dir="runs") -> list:
     "[(stage, run folder)] of a run and the runs it came from, oldest first, from its latest checkpoint."
-    from g1track.train import resolve_checkpoint, load_checkpoint, run_folder
+    from g1track.runs import resolve_checkpoint, load_checkpoint, run_folder
     ckpt = load_checkpoint(resolve_checkpoint(spec, run_dir))
     return [(l["stage"], run_folder(run_dir, l["project"], l["run_id"])) for l in ckpt.get("lineage", [])]
 
@@ -297,7 +296,7 @@ def main(argv=None) -> int:
     p.add_argument("--run_dir", "--run-dir", dest="run_dir", default="runs")
     p.add_argument("--out", default=None, help="PNG file (default: <run folder>/curves.png)")
     a = p.parse_args(argv)
-    from g1track.train import CheckpointError
+    from g1track.runs import CheckpointError
     try:
         stages = run_lineage(a.run, a.run_dir)
         out = pathlib.Path(a.out) if a.out else stages[-1][1] / "curves.png"

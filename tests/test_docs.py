@@ -45,7 +45,7 @@ def _fenced_command(marker):
 
 
 def test_readme_gives_the_test_and_docs_commands_ci_runs():
-    assert _fenced_command("test-command") == "python -m pytest -q"
+    assert _fenced_command("test-command") == "bash test.sh"          # sets up .venv, then python -m pytest -q
     assert _fenced_command("docs-command") == "python tools/docs.py"
     ci = (ROOT / ".ci/run").read_text()
     assert "readme_cmd docs-command" in ci and "readme_cmd test-command" in ci

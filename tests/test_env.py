@@ -62,6 +62,19 @@ def test_kinematic_replay_of_a_real_lafan_clip_is_scored_at_maximum(motions_dir)
     assert worst > 1 - 1e-5
 
 
+def test_a_step_is_scored_against_the_frame_it_reaches_not_the_one_it_started_from(squat):
+    "The state after a step is one control period on: its reward and terminations read the reference frame of that instant."
+    env = make_env(*QUIET, n=2, clips=[squat])
+    env.reset()
+    f0 = env.frame.clone()
+    env.step(0.5 * torch.ones(2, 29))
+    assert (env.frame == f0 + 1).all()
+    reached = env.tracking_errors(env.motion.get(env.clip, f0 + 1, (0,)))
+    started = env.tracking_errors(env.motion.get(env.clip, f0, (0,)))
+    torch.testing.assert_close(env.errors["body_pos"], reached["body_pos"])
+    assert not torch.allclose(env.errors["body_pos"], started["body_pos"])
+
+
 def _reference_actions(env):
     "Actions that put every joint target on the reference: open-loop PD tracking, no feedback."
     ref = env.motion.get(env.clip, env.frame).joint_pos[:, 0]
@@ -165,10 +178,10 @@ def test_a_truncated_episode_returns_its_final_observation(squat):
     env = make_env(*QUIET, n=2, clips=[squat])
     env.reset()
     last = squat.num_frames - 1
-    env.frame[:] = last - 1
+    env.frame[:] = last - 2
     out = env.step(torch.zeros(2, 29), kinematic=True)
-    assert not out["truncated"].any() and (env.frame == last).all()
-    out = env.step(torch.zeros(2, 29), kinematic=True)            # scores the last frame: the clip ends
+    assert not out["truncated"].any() and (env.frame == last - 1).all()
+    out = env.step(torch.zeros(2, 29), kinematic=True)            # reaches and scores the last frame: the clip ends
     assert out["truncated"].all() and not out["terminated"].any()
     sl = dict(env.layout["policy"])["ref_joint_pos"]
     final_ref = out["final_obs"]["policy"][:, sl].reshape(2, env.F, 29)

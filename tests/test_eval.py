@@ -106,7 +106,8 @@ def evaluation(runs):
 
 @pytest.fixture(scope="module")
 def exported(runs, evaluation):
-    from g1track.eval.core import export_student, eval_cfg
+    from g1track.eval.core import eval_cfg
+    from g1track.eval.export import export_student
     obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
     return export_student("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), obs=obs)
 
@@ -146,8 +147,9 @@ def test_evaluation_is_deterministic_and_motions_can_be_chosen(runs, evaluation)
 
 
 def test_train_checkpoint_refuses_the_untrained_student(runs):
-    from g1track.eval.core import evaluate_checkpoint, export_student, eval_cfg, ExportError
-    from g1track.train import CheckpointError
+    from g1track.eval.core import evaluate_checkpoint, eval_cfg
+    from g1track.eval.export import export_student, ExportError
+    from g1track.runs import CheckpointError
     with pytest.raises(CheckpointError, match="never been trained"):
         evaluate_checkpoint("g1track/ev_train", eval_cfg(f"run_dir={runs}"), actor="student")
     with pytest.raises(ExportError, match=r"stage 'train'.*\+exp=adapt"):
@@ -156,7 +158,7 @@ def test_train_checkpoint_refuses_the_untrained_student(runs):
 
 def test_export_matches_onnxruntime_and_carries_deployment_metadata(exported, runs):
     import onnxruntime as ort, yaml
-    from g1track.train import load_checkpoint, policy_from_checkpoint, checkpoint_config
+    from g1track.runs import load_checkpoint, policy_from_checkpoint, checkpoint_config
     ex = exported
     assert ex.onnx_path == runs / "g1track" / "ev_adapt" / "export" / "policy.onnx"
     assert ex.parity_max_abs <= 1e-5 and ex.torch_vs_policy_max_abs <= 1e-5 and ex.num_obs > 0
@@ -263,7 +265,8 @@ def test_sim2sim_errors_are_one_sentence(exported, tmp_path):
         if p.key == "observation":
             obs = json.loads(p.value); obs["terms"][3]["name"] = "base_lin_vel"; p.value = json.dumps(obs)
     onnx.save(m, str(tmp_path / "bad_term.onnx"))
-    assert s2s.main([str(tmp_path / "bad_term.onnx"), "--motion", "builtin:squat"]) == 2
+    from g1track.eval.sim2sim_cli import main
+    assert main([str(tmp_path / "bad_term.onnx"), "--motion", "builtin:squat"]) == 2
     with pytest.raises(s2s.DeploymentError, match=r"\['base_lin_vel'\].*cannot compute"):
         s2s.sim2sim(tmp_path / "bad_term.onnx", ["builtin:squat"])
     del m.metadata_props[:]
@@ -351,7 +354,7 @@ def history_runs(tmp_path_factory):
 @pytest.mark.skipif(not _env_has_history(), reason="the environment has no observation history yet (issue 10, env side)")
 def test_a_history_layout_exports_and_sim2sim_observes_it_like_the_environment(history_runs):
     import yaml
-    from g1track.train import load_checkpoint
+    from g1track.runs import load_checkpoint
     from g1track.eval.core import evaluate_checkpoint, eval_cfg
     from g1track.eval.export import export_student, observation_table, ExportError
     from g1track.eval.beyondmimic import beyondmimic_observation_names
@@ -405,7 +408,7 @@ def test_the_recorder_keeps_only_what_was_asked_and_names_unknown_keys():
 # the command line
 
 def test_cli_evaluates_plays_and_exports(runs, capsys):
-    from g1track.eval.core import main
+    from g1track.eval.cli import main
     out = runs / "cli"
     assert main(["--run_path", "g1track/ev_adapt", "--run_dir", str(runs), "-p", "--export", "--max-seconds", "0.1",
                  "--out", str(out)]) == 0
@@ -423,7 +426,7 @@ def test_cli_evaluates_plays_and_exports(runs, capsys):
     ("export_train", "never been trained"),
 ])
 def test_cli_errors_are_one_sentence(runs, tmp_path, capsys, make, expected):
-    from g1track.eval.core import main
+    from g1track.eval.cli import main
     real = runs / "g1track" / "ev_adapt" / "checkpoints" / "latest.pt"
     if make == "missing": args = ["--run_path", "g1track/nope", "--run_dir", str(runs)]
     elif make == "garbage":
@@ -540,7 +543,7 @@ def test_protocols_change_what_the_evaluation_says(runs):
 def test_a_checkpoint_older_than_the_solver_settings_still_evaluates_as_it_was_trained(runs, tmp_path):
     "Checkpoints written before task.sim.solver existed ran MuJoCo's own solver settings; they must still load and evaluate."
     from omegaconf import OmegaConf
-    from g1track.train import load_checkpoint, checkpoint_config, atomic_save
+    from g1track.runs import load_checkpoint, checkpoint_config, atomic_save
     from g1track.eval.core import evaluate_checkpoint, make_eval_env, eval_cfg
     ckpt = load_checkpoint(runs / "g1track" / "ev_train" / "checkpoints" / "latest.pt")
     cfg = OmegaConf.create(ckpt["config"])
@@ -553,3 +556,105 @@ def test_a_checkpoint_older_than_the_solver_settings_still_evaluates_as_it_was_t
     finally: env.close()
     ev = evaluate_checkpoint(path, eval_cfg("max_episode_s=0.2"), out_dir=tmp_path / "eval")
     assert list(ev.results) == ["teacher"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nothing lost, nothing mixed (issue: reliability pass): the export pair, debris, folders that cannot be written
+
+def _pair(folder):
+    "(policy.onnx bytes, deploy.yaml text) of an export folder, None for a missing file."
+    read = lambda p, f: f(p) if p.exists() else None
+    return read(folder / "policy.onnx", lambda p: p.read_bytes()), read(folder / "deploy.yaml", lambda p: p.read_text())
+
+
+def _pair_matches(folder) -> bool:
+    "A deploy.yaml, if there is one, describes the policy.onnx beside it (its sha256)."
+    import hashlib, yaml
+    onnx_bytes, text = _pair(folder)
+    return text is None or yaml.safe_load(text)["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def test_a_failed_second_write_leaves_the_previous_export_pair_intact(runs, evaluation, tmp_path, monkeypatch):
+    import g1track.eval.export as export
+    from g1track.eval.core import eval_cfg
+    from g1track.eval.metrics import OutputError
+    obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
+    cfg = eval_cfg(f"run_dir={runs}")
+    export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
+    before = _pair(tmp_path)
+    writes, real = [], export.write_synced
+    def full_disk_on_the_second_write(path, data):
+        writes.append(path)
+        if len(writes) == 2: raise OSError(28, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(export, "write_synced", full_disk_on_the_second_write)
+    with pytest.raises(OutputError, match="cannot write the export into .*No space left on device.*left as it was"):
+        export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs[:-1])
+    assert len(writes) == 2 and _pair(tmp_path) == before                 # the old pair, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.yaml", "policy.onnx"]     # no temporary file left
+
+
+def test_a_kill_between_the_renames_never_leaves_a_mismatched_pair(runs, evaluation, tmp_path, monkeypatch):
+    import os
+    import g1track.eval.export as export
+    from g1track.eval.core import eval_cfg
+    obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
+    cfg = eval_cfg(f"run_dir={runs}")
+    export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
+    real = os.replace
+    def killed_before_the_yaml(src, dst):
+        if str(dst).endswith("deploy.yaml"): raise KeyboardInterrupt      # what a kill between the two renames leaves
+        return real(src, dst)
+    monkeypatch.setattr(export.os, "replace", killed_before_the_yaml)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs[:-1])
+    monkeypatch.undo()
+    assert _pair_matches(tmp_path)                                        # an onnx without its yaml, never another export's yaml
+    ex = export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
+    assert _pair(tmp_path)[1] is not None and _pair_matches(tmp_path) and ex.yaml_path.is_file()
+
+
+def test_debris_of_a_killed_export_is_removed_by_the_next(runs, evaluation, tmp_path):
+    from g1track.eval.core import eval_cfg
+    from g1track.eval.export import export_student
+    dead = next(p for p in range(4_000_000, 4_001_000) if not _running(p))
+    debris = [tmp_path / f".policy.onnx.tmp{dead}", tmp_path / f".deploy.yaml.tmp{dead}"]
+    for d in debris: d.write_bytes(b"half a file")
+    obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
+    export_student("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), out_dir=tmp_path, obs=obs)
+    assert not any(d.exists() for d in debris)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.yaml", "policy.onnx"]
+
+
+def _running(pid: int) -> bool:
+    import os
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--out", "{file}/out"], "is a file, not a folder"),
+    (["--export", "--out", "{file}/out"], "is a file, not a folder"),
+    (["--export", "--no-eval", "--out", "{file}/out"], "is a file, not a folder"),
+    (["--out", "{readonly}"], "ro is read-only"),
+])
+def test_cli_refuses_an_output_folder_it_cannot_write_before_any_work(runs, tmp_path, capsys, monkeypatch, args, expected):
+    "A run folder or --out under a file, or read-only: one sentence before the evaluation, nothing written anywhere."
+    import os
+    from g1track.eval.cli import main
+    (tmp_path / "file").write_text("a file where a folder is needed")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    if os.geteuid() == 0:                                                 # root ignores permission bits: os.access is told so too
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(tmp_path / "ro") else real(p, mode, *a, **k))
+    args = [a.format(file=tmp_path / "file", readonly=tmp_path / "ro") for a in args]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    run_before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert main(["--run_path", "g1track/ev_adapt", "--run_dir", str(runs), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == run_before

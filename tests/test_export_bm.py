@@ -108,7 +108,7 @@ def test_reader_on_a_given_file():
 
 
 def test_actions_are_the_checkpoint_student(exported, runs):
-    from g1track.train import load_checkpoint, policy_from_checkpoint
+    from g1track.runs import load_checkpoint, policy_from_checkpoint
     ckpt = load_checkpoint(runs / "g1track" / "bm_adapt" / "checkpoints" / "latest.pt")
     student = policy_from_checkpoint(ckpt).student_onnx_module()
     sess = read_like_the_controller(exported.onnx_paths["squat"])["session"]
@@ -121,11 +121,11 @@ def test_actions_are_the_checkpoint_student(exported, runs):
 def test_the_controller_computes_what_the_environment_fed_the_policy(exported, evaluation):
     "The preset's student group, computed from the file alone (BeyondMimic's controller in numpy), equals the env's."
     import mujoco
-    from g1track.eval import sim2sim as s2s
-    bm = s2s.read_beyondmimic(exported.onnx_paths["squat"])
-    model, meta = s2s.beyondmimic_plant(bm)
+    from g1track.eval import sim2sim as s2s, sim2sim_bm as bm_loop
+    bm = bm_loop.read_beyondmimic(exported.onnx_paths["squat"])
+    model, meta = bm_loop.beyondmimic_plant(bm)
     d = mujoco.MjData(model)
-    ctl = s2s.Controller(bm, model, d)
+    ctl = bm_loop.Controller(bm, model, d)
     ep = evaluation.episodes["student"][0]
     ref = s2s.load_reference("builtin:squat", dict(meta, tracked_bodies=bm.body_names, anchor_body=bm.anchor))
     for k in range(ep.num_steps):
@@ -150,7 +150,7 @@ def test_both_loops_reproduce_the_environment_from_its_start(exported, evaluatio
 
 def test_a_policy_the_controller_cannot_express_is_refused():
     from g1track.config import task_cfg
-    from g1track.eval.core import ExportError
+    from g1track.eval.export import ExportError
     from g1track.eval.beyondmimic import beyondmimic_observation_names
     names = [n if isinstance(n, str) else next(iter(n)) for n in task_cfg().observations.policy]   # the default task: future
     # frames, relative reference joints (an entry {term: {history: ...}} names its term by its one key)
@@ -220,7 +220,7 @@ def test_harder_sim2sim_runs_and_says_its_conditions(exported, tmp_path):
 
 
 def test_cli_exports_beyondmimic_and_refuses_format_without_export(runs, tmp_path, capsys):
-    from g1track.eval.core import main
+    from g1track.eval.cli import main
     assert main(["--run_path", "g1track/bm_adapt", "--run_dir", str(runs), "--export", "--format", "beyondmimic", "--no-eval",
                  "--out", str(tmp_path)]) == 0
     assert (tmp_path / "beyondmimic" / "squat.onnx").is_file() and "exported (BeyondMimic, clip squat)" in capsys.readouterr().out
@@ -231,7 +231,8 @@ def test_cli_exports_beyondmimic_and_refuses_format_without_export(runs, tmp_pat
 def test_the_g1track_format_still_exports_the_preset(runs, evaluation, tmp_path):
     "The preset's new terms have deployment definitions, so the default format exports it and its loop observes it exactly."
     import mujoco
-    from g1track.eval.core import export_student, eval_cfg
+    from g1track.eval.core import eval_cfg
+    from g1track.eval.export import export_student
     from g1track.eval import sim2sim as s2s
     ep = evaluation.episodes["student"][0]
     ex = export_student("g1track/bm_adapt", eval_cfg(f"run_dir={runs}"), out_dir=tmp_path, obs=ep.extras["obs"])
@@ -286,7 +287,7 @@ def test_cli_refuses_a_default_task_student_in_one_sentence(tmp_path, capsys):
     "A student of the default task (future frames, relative reference joints) is refused before any evaluation runs."
     from g1track.config import compose
     from g1track.train import train
-    from g1track.eval.core import main
+    from g1track.eval.cli import main
     common = ["task.num_envs=4", "algo.train_every=8", f"run_dir={tmp_path}", "task.motions=[builtin:squat]", "progress=false",
               "wandb.mode=disabled"]
     train(compose(["+exp=train", "total_frames=64", "wandb.id=d_train", *common]))
@@ -303,7 +304,7 @@ def test_cli_refuses_a_student_with_a_history_in_one_sentence(tmp_path, capsys):
     "The preset's terms with joint_pos kept 0, 1, 2 steps back: BeyondMimic's history lengths cannot say that; refused before any evaluation."
     from g1track.config import compose
     from g1track.train import train
-    from g1track.eval.core import main
+    from g1track.eval.cli import main
     policy = "[command,motion_anchor_ori_b,base_ang_vel,{joint_pos:{history:[0,1,2]}},joint_vel,last_action]"
     common = ["task=G1/G1_tracking_bm", "task.num_envs=4", "algo.train_every=8", f"run_dir={tmp_path}", "task.motions=[builtin:squat]",
               "progress=false", "wandb.mode=disabled", f"task.observations.policy={policy}"]

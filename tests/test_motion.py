@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from g1track.motion import (Clip, MotionFormatError, MotionLibrary, builtin_motion, builtin_names, canonicalize,
-                            expand_specs, finite_difference_qvel, inspect_clip, isaaclab_joint_order, load_motion,
-                            load_motions, main, save_clip, sole_heights)
+                            expand_specs, finite_difference_qvel, isaaclab_joint_order, load_motion,
+                            load_motions, save_clip, sole_heights)
+from g1track.motion.cli import inspect_clip, main
 from g1track.rotations import quat_apply, quat_from_rotvec, quat_mul
 
 CSV = "lafan1_g1_dance2_subject1.csv"

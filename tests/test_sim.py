@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from g1track.robot import FREE_LIN_VEL, FREE_POS, QPOS_JOINTS
-from g1track.sim import SimConfigError, make_sim, resolve_backend, sim_cfg, sim_model
+from g1track.sim import SimConfigError, resolve_backend, sim_cfg, sim_model
+from g1track.sim_factory import make_sim
 from g1track.sim_mujoco import MujocoSim
 from g1track.sim_warp import WarpSim, contact_capacity
 
@@ -308,11 +309,23 @@ def test_warp_constraint_overflow_resets_and_counts(g1_physics):
     sim.close()
 
 
-def test_engines_live_in_their_modules_and_old_imports_still_work(g1_physics):
-    import g1track.sim as sim_module
-    assert sim_module.MujocoSim is MujocoSim and sim_module.WarpSim is WarpSim
-    assert sim_module.contact_capacity is contact_capacity
-    with pytest.raises(AttributeError): sim_module.NoSuchSim
+def _imports_of(module) -> set:
+    "The g1track modules that `module`'s source imports, at any depth (lazy imports inside functions too)."
+    import ast, inspect
+    out = set()
+    for n in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(n, ast.ImportFrom) and n.module: out.add(n.module if n.level == 0 else f"g1track.{n.module}")
+        elif isinstance(n, ast.Import): out |= {a.name for a in n.names}
+    return {m for m in out if m.startswith("g1track.")}
+
+
+def test_the_base_module_the_engines_and_the_factory_import_one_way(g1_physics):
+    "base <- engines <- factory: g1track.sim names no engine (it used to hold make_sim, an import circle)."
+    import g1track.sim as base, g1track.sim_mujoco as cpu, g1track.sim_warp as gpu, g1track.sim_factory as factory
+    assert not _imports_of(base) & {"g1track.sim_mujoco", "g1track.sim_warp", "g1track.sim_factory"}
+    assert "g1track.sim_factory" not in _imports_of(cpu) | _imports_of(gpu)
+    assert {"g1track.sim", "g1track.sim_mujoco", "g1track.sim_warp"} <= _imports_of(factory)
+    assert not hasattr(base, "make_sim") and not hasattr(base, "MujocoSim")
     sim = make_sim(g1_physics, 1, backend="mujoco")
-    assert type(sim) is MujocoSim and isinstance(sim, sim_module.Sim)
+    assert type(sim) is MujocoSim and isinstance(sim, base.Sim)
     sim.close()

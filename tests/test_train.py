@@ -6,8 +6,8 @@ import torch
 from g1track.config import compose
 from g1track.robot import G1_JOINT_NAMES
 from g1track.stages import STAGES, stage_table
-from g1track.train import (CheckpointError, _load_env_state, env_state_file, load_checkpoint, resolve_checkpoint,
-                           restore_rng_states, rng_states, train)
+from g1track.runs import CheckpointError, env_state_file, load_checkpoint, resolve_checkpoint
+from g1track.train import _load_env_state, restore_rng_states, rng_states, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["task.num_envs=8", "algo.train_every=8", "algo.num_minibatches=2", "algo.ppo_epochs=2", "task.motions=[builtin:squat]",
@@ -307,13 +307,13 @@ def layout_env(history):
 
 
 def test_layout_records_each_terms_history_offsets():
-    from g1track.train import layout_of
+    from g1track.runs import layout_of
     assert layout_of(layout_env([0, 1, 2]))["policy"] == [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ, [0, 1, 2]]]
     assert layout_of(layout_env(None))["policy"] == [["joint_pos", 0, NJ], ["actions", NJ, 4 * NJ]]   # no history: 3 elements
 
 
 def test_check_layout_refuses_a_checkpoint_differing_only_in_a_terms_history():
-    from g1track.train import check_layout, layout_of
+    from g1track.runs import check_layout, layout_of
     check_layout({"obs_layout": layout_of(layout_env([0, 1, 2]))}, layout_env([0, 1, 2]))        # the same layout passes
     check_layout({"obs_layout": layout_of(layout_env(None))}, layout_env(None))                  # as do 3-element (old) layouts
     from g1track.env import GROUPS
@@ -332,7 +332,7 @@ def test_a_checkpoint_with_another_actor_input_is_refused(pipeline):
     tmp, *_ = pipeline
     with pytest.raises(CheckpointError, match=r"trained with policy.actor_history=False.*pass policy.actor_history=False"):
         run_stage(tmp, "adapt", "bad4", 1, "policy.actor_history=true", ckpt="run:g1track/teach")
-    from g1track.train import check_policy
+    from g1track.runs import check_policy
     from omegaconf import OmegaConf
     old = {"config": "policy: {actor: [64, 64]}"}              # written before actor_history existed: its actors read it all
     check_policy(old, OmegaConf.create({"policy": {"actor": [64, 64], "actor_history": True}}))
@@ -343,7 +343,7 @@ def test_a_checkpoint_with_another_actor_input_is_refused(pipeline):
 def test_actors_read_the_present_step_and_the_estimator_the_history(pipeline):
     "With actor_history=false (the default) the actor heads see the offset-0 block of each history term, adapt_module all of it."
     from g1track.modules import current_step_columns
-    from g1track.train import policy_from_checkpoint
+    from g1track.runs import policy_from_checkpoint
     tmp, t, a, f = pipeline
     ckpt = load_checkpoint(f["checkpoint"])
     layout = ckpt["obs_layout"]["policy"]
@@ -397,3 +397,41 @@ def test_a_malformed_latent_reg_is_refused_in_one_sentence(bad):
     assert latent_reg_weights(compose(["+exp=train", "algo.latent_reg=[0.0,1.0]"])) == (0.0, 1.0)
     with pytest.raises(ConfigError, match=r"algo.latent_reg=.* is not a \[start, end\] pair of weights >= 0: pass e.g."):
         latent_reg_weights(compose(["+exp=train", bad]))
+
+
+# ---- the checkpoint format (g1track.runs): checksum, upgrade, pruning order ----
+
+def test_a_checkpoint_whose_contents_changed_is_refused_by_its_checksum(tmp_path):
+    from g1track.runs import CHECKPOINT_FORMAT, atomic_save
+    good = {"format": CHECKPOINT_FORMAT, "stage": "train", "iteration": 1, "policy": {"w": torch.arange(4.0)}}
+    path = atomic_save(good, tmp_path / "ckpt_000001.pt")
+    assert torch.equal(load_checkpoint(path)["policy"]["w"], torch.arange(4.0))
+    saved = torch.load(path, weights_only=False)
+    saved["policy"]["w"][2] = 2.5                                     # altered weights that still unpickle
+    torch.save(saved, tmp_path / "ckpt_000002.pt")
+    with pytest.raises(CheckpointError, match=r"ckpt_000002.pt is corrupted: its contents do not match the checksum"):
+        load_checkpoint(tmp_path / "ckpt_000002.pt")
+    del saved["checksum"]; torch.save(saved, tmp_path / "ckpt_000003.pt")
+    with pytest.raises(CheckpointError, match="it has no checksum"):
+        load_checkpoint(tmp_path / "ckpt_000003.pt")
+
+
+def test_a_format_1_checkpoint_is_upgraded_in_one_place(tmp_path):
+    "Format 1: no checksum, optimizer states per network, no actor_history or solver settings; it loads as today's format."
+    from g1track.runs import CHECKPOINT_FORMAT, checkpoint_config
+    old = {"format": "g1track-checkpoint/1", "stage": "train", "iteration": 3,
+           "config": "task:\n  sim:\n    max_qvel: 1000.0\npolicy:\n  actor: [64, 64]\n",
+           "optimizer": {"actor_teacher": {"state": {}, "param_groups": []}}}
+    torch.save(old, tmp_path / "ckpt_000003.pt")
+    ck = load_checkpoint(tmp_path / "ckpt_000003.pt")
+    assert ck["format"] == CHECKPOINT_FORMAT and ck["lineage"] == []
+    assert ck["optimizer"] == {"optimizers": old["optimizer"]}
+    cfg = checkpoint_config(ck)
+    assert cfg.policy.actor_history is True and cfg.task.sim.solver.iterations == 100
+
+
+def test_checkpoints_are_pruned_by_iteration_not_by_name(tmp_path):
+    from g1track.runs import checkpoint_iterations
+    for i in (999999, 1000000, 5): (tmp_path / f"ckpt_{i:06d}.pt").write_bytes(b"")
+    (tmp_path / "ckpt_000005.env0.pt").write_bytes(b"")
+    assert checkpoint_iterations(tmp_path) == [5, 999999, 1000000]

@@ -102,3 +102,18 @@ def test_plot_run_draws_every_stage_of_the_lineage_from_local_files(tmp_path, ca
     assert viz.main(["g1track/nope", "--run_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_viz_reads_a_log_cut_short_by_a_kill_as_one_run(tmp_path, capsys):
+    "A killed run leaves a partial last line; an older resume logged iterations twice: both read as one run."
+    import json
+    from g1track import viz
+    from g1track.runs import CHECKPOINT_FORMAT, atomic_save
+    run = tmp_path / "g1track" / "k"
+    atomic_save({"format": CHECKPOINT_FORMAT, "stage": "train", "lineage": [{"stage": "train", "run_id": "k", "project": "g1track"}]},
+                run / "checkpoints" / "latest.pt")
+    rows = [{"iteration": i, "frames": 64 * i, "episode/return": 0.1 * i} for i in (1, 2, 3, 2, 3, 4)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iteration": 5, "fra')
+    assert [r["iteration"] for r in viz.read_metrics(run)] == [1, 2, 3, 4]
+    assert viz.main(["g1track/k", "--run_dir", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 5000 and "train k" in capsys.readouterr().out

@@ -8,7 +8,7 @@ Docs: https://g1track.github.io/g1track/export_bm.html.md"""
 # %% auto #0
 __all__ = ['BM_OBSERVATIONS', 'BM_INPUTS', 'BM_OUTPUTS', 'BM_OPSET', 'BM_FORMAT', 'beyondmimic_observation_names', 'csv',
            'BeyondMimicPolicy', 'clip_motion', 'beyondmimic_metadata', 'BeyondMimicExport', 'export_beyondmimic',
-           'sim2sim_safe']
+           'beyondmimic_folder', 'sim2sim_safe']
 
 # %% ../../nbs/08d_export_bm.ipynb #5f10c103
 import os, json, pathlib, warnings
@@ -19,9 +19,10 @@ from torch import nn
 from omegaconf import DictConfig
 from ..motion import load_motions
 from ..robot import load_g1
-from ..train import checkpoint_config, policy_from_checkpoint
-from .core import open_checkpoint, run_folder_of, eval_cfg
-from .export import ExportError, refuse_untrained_student, deployment_metadata, _student_obs, _policy_td
+from ..runs import checkpoint_config, policy_from_checkpoint
+from .metrics import temp_name, writable_folder, remove_debris
+from .core import open_checkpoint, run_folder_of, eval_cfg, student_observations, student_actions
+from .export import ExportError, refuse_untrained_student, deployment_metadata, export_folder
 from . import sim2sim
 
 # %% ../../nbs/08d_export_bm.ipynb #38c5d363
@@ -147,21 +148,21 @@ def export_beyondmimic(spec, cfg: DictConfig | None = None, out_dir=None, obs: n
     policy = policy_from_checkpoint(ckpt, "cpu")
     student = policy.student_onnx_module().cpu().eval()
     dim = int(ckpt["obs_dims"]["policy"])
-    if obs is None: obs = _student_obs(ckpt, cfg, path, int(cfg.export.parity_steps))
+    out = writable_folder(beyondmimic_folder(path, out_dir), "the export")
+    if obs is None: obs = student_observations(ckpt, cfg, path, int(cfg.export.parity_steps))
     obs = np.asarray(obs, np.float32).reshape(-1, dim)
-    with torch.no_grad():                # the export's student is the policy's deterministic student
-        act = policy.act(_policy_td(torch.from_numpy(obs), ckpt), actor="student", deterministic=True, with_value=False)[0].numpy()
-        vs_policy = float(np.abs(student(torch.from_numpy(obs)).numpy() - act).max())
+    act = student_actions(policy, ckpt, obs)           # the export's student is the policy's deterministic student
+    with torch.no_grad(): vs_policy = float(np.abs(student(torch.from_numpy(obs)).numpy() - act).max())
     atol = float(cfg.export.parity_atol)
-    out = (pathlib.Path(out_dir) if out_dir is not None else run_folder_of(path) / "export") / "beyondmimic"
     out.mkdir(parents=True, exist_ok=True)
+    remove_debris(out)                                                  # what a killed export left
     files, parity, motion_err, first = {}, 0.0, 0.0, None
     for clip in load_motions(list(task.motions)):
         motion = clip_motion(clip, g1.joint_names, bodies)
         module = BeyondMimicPolicy(student, motion).eval()
         meta = beyondmimic_metadata(ckpt, path, clip, names)
         final = out / f"{sim2sim_safe(clip.name)}.onnx"
-        tmp = out / f".{final.name}.tmp{os.getpid()}"
+        tmp = temp_name(final)
         try:
             _write(module, dim, meta, tmp)
             p, e = _check(tmp, module, obs, motion)
@@ -175,6 +176,10 @@ def export_beyondmimic(spec, cfg: DictConfig | None = None, out_dir=None, obs: n
         files[clip.name] = final
         first = first or meta
     return BeyondMimicExport(files, parity, motion_err, vs_policy, len(obs), first)
+
+def beyondmimic_folder(path, out_dir=None) -> pathlib.Path:
+    "Where the BeyondMimic files of the checkpoint at `path` go: `beyondmimic/` in the export folder."
+    return export_folder(path, out_dir) / "beyondmimic"
 
 def sim2sim_safe(name: str) -> str:
     "A clip name as a file name."

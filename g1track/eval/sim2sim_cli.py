@@ -10,8 +10,9 @@ __all__ = ['parse_args', 'main']
 
 # %% ../../nbs/08h_sim2sim_cli.ipynb #7282cc18
 import sys, time, argparse, dataclasses
-from .metrics import metrics_table, save_json, METRICS
-from .sim2sim import DeploymentError, Conditions, file_format, open_session, sim2sim
+from .metrics import metrics_table, save_json, METRICS, OutputError, writable_file
+from .plant import DeploymentError, Conditions, check_max_seconds, open_session
+from .sim2sim import file_format, sim2sim
 
 # %% ../../nbs/08h_sim2sim_cli.ipynb #342e306f
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,8 +47,11 @@ def main(argv=None) -> int:
     "`python -m g1track.eval.sim2sim MODEL.onnx --motion FILE [harder conditions]`: track the motions and print the metrics."
     a = parse_args(argv)
     from g1track.motion import MotionFormatError
-    cond = Conditions(a.start, a.align_heading, a.yaw, a.latency_ms, a.obs_noise, a.friction, a.seed)
     try:
+        cond = Conditions(a.start, a.align_heading, a.yaw, a.latency_ms, a.obs_noise, a.friction, a.seed)   # checked here, once
+        check_max_seconds(a.max_seconds)
+        for flag, path in (("--json", a.json), ("--video", a.video)):
+            if path: writable_file(path, f"the {flag} file")                          # before minutes of simulation, not after
         kind = file_format(a.model, open_session(a.model))
         if a.format != "auto" and a.format != kind:
             raise DeploymentError(f"{a.model} is a {kind} export, not {a.format}; drop --format or pass --format {kind}")
@@ -55,21 +59,26 @@ def main(argv=None) -> int:
             raise DeploymentError("a BeyondMimic file tracks the motion embedded in it; drop --motion (export one file per clip)")
         t0 = time.perf_counter()
         result = sim2sim(a.model, a.motion, a.max_seconds, cond, progress=not a.no_progress)
-    except (DeploymentError, MotionFormatError, FileNotFoundError, KeyError) as e:
+        steps = sum(ep.num_steps for ep in result["episodes"])
+        print(f"[g1track sim2sim] {a.model} ({result['format']} format): {len(result['episodes'])} motion(s), {steps} control steps "
+              f"in {time.perf_counter() - t0:.1f} s (MuJoCo C, onnxruntime)")
+        print(f"conditions: {cond.describe()}")
+        print(metrics_table(result, metrics=[k for k in result["overall"] if k in METRICS and k not in ("return", "episodes", "frames")]))
+        if a.json:
+            save_json(a.json, {"model": str(a.model), "format": result["format"], "conditions": dataclasses.asdict(cond),
+                               "clips": result["clips"], "overall": result["overall"]})
+            print(f"metrics: {a.json}")
+        if a.video: print(f"video: {_video(result['episodes'][0], a.video)}")
+    except (DeploymentError, MotionFormatError, OutputError, FileNotFoundError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr); return 2
-    steps = sum(ep.num_steps for ep in result["episodes"])
-    print(f"[g1track sim2sim] {a.model} ({result['format']} format): {len(result['episodes'])} motion(s), {steps} control steps "
-          f"in {time.perf_counter() - t0:.1f} s (MuJoCo C, onnxruntime)")
-    print(f"conditions: {cond.describe()}")
-    print(metrics_table(result, metrics=[k for k in result["overall"] if k in METRICS and k not in ("return", "episodes", "frames")]))
-    if a.json:
-        save_json(a.json, {"model": str(a.model), "format": result["format"], "conditions": dataclasses.asdict(cond),
-                           "clips": result["clips"], "overall": result["overall"]})
-        print(f"metrics: {a.json}")
-    if a.video:
-        from g1track import viz
-        from g1track.robot import load_g1
-        ep = result["episodes"][0]
-        frames = viz.render_trajectory(load_g1().model, ep.extras["qpos"], ghost=ep.extras.get("ref_qpos"))
-        print(f"video: {viz.write_video(a.video, frames, fps=int(round(1 / ep.dt)))}")
     return 0
+
+def _video(ep, path):
+    "An mp4 of an episode (robot, reference as a ghost); one `OutputError` if it cannot be written."
+    from g1track import viz
+    from g1track.robot import load_g1
+    frames = viz.render_trajectory(load_g1().model, ep.extras["qpos"], ghost=ep.extras.get("ref_qpos"))
+    try: return viz.write_video(path, frames, fps=int(round(1 / ep.dt)))
+    except OSError as e: raise OutputError(f"cannot write the video {path} ({e.strerror or e}); choose another file (--video)") from None
+
+if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())

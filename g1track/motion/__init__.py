@@ -10,11 +10,10 @@ Docs: https://g1track.github.io/g1track/motion.html.md"""
 __all__ = []
 
 # %% ../../nbs/01_motion.ipynb #bcad08e9
-from . import clip, builtin, io, library, cli
+from . import clip, builtin, io, library
 from .clip import *
 from .builtin import *
 from .io import *
 from .library import *
-from .cli import *
 
-__all__ = clip.__all__ + builtin.__all__ + io.__all__ + library.__all__ + cli.__all__
+__all__ = clip.__all__ + builtin.__all__ + io.__all__ + library.__all__
