@@ -9,7 +9,7 @@ Docs: https://g1track.github.io/g1track/runs.html.md"""
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'READABLE_FORMATS', 'DEBRIS', 'CKPT_FILE', 'ENV_STATE_FILE', 'LEGACY_SETTINGS', 'ARCHITECTURE',
            'CheckpointError', 'RunError', 'content_digest', 'atomic_save', 'atomic_write_text', 'link_latest',
-           'remove_debris', 'upgrade_config', 'upgrade', 'checkpoint_config', 'load_checkpoint',
+           'process_running', 'remove_debris', 'upgrade_config', 'upgrade', 'checkpoint_config', 'load_checkpoint',
            'policy_from_checkpoint', 'layout_of', 'check_layout', 'check_policy', 'start_mode', 'run_folder',
            'wandb_logged_in', 'resolve_checkpoint', 'one_history', 'read_metrics', 'truncate_metrics', 'env_state_file',
            'read_env_state', 'checkpoint_iterations', 'check_run_folder']
@@ -100,13 +100,16 @@ def link_latest(path) -> pathlib.Path:
     os.link(path, tmp); os.replace(tmp, latest)
     return latest
 
-def _alive(pid: int) -> bool:
-    "Whether another process `pid` runs on this machine (it may still be writing its temporary file)."
-    if pid == os.getpid(): return False
+def process_running(pid: int) -> bool:
+    "Whether process `pid` runs on this machine (this one included; someone else's live process too)."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except OSError: return True
     return True
+
+def _alive(pid: int) -> bool:
+    "Whether another process `pid` runs on this machine (it may still be writing its temporary file)."
+    return pid != os.getpid() and process_running(pid)
 
 def remove_debris(folder) -> list:
     "Delete what killed writes left in `folder`: `.NAME.tmpPID` files of dead writers, environment states without their checkpoint."

@@ -32,7 +32,8 @@ def test_the_first_minibatch_of_every_update_is_on_policy(squat):
     runner, env = _runner(squat, "algo.ppo_epochs=1", "algo.num_minibatches=1", "algo.latent_reg=[1.0,1.0]")
     for it in range(3):
         logs = runner.iteration(it)
-        assert logs["ppo/approx_kl"] < 1e-10 and logs["ppo/clip_fraction"] == 0.0, logs
+        # float rounding of batched vs per-step log-probs only (a normalizer or latent off by one update gives > 1e-4)
+        assert logs["ppo/approx_kl"] < 1e-8 and logs["ppo/clip_fraction"] == 0.0, logs
 
 
 def test_time_outs_bootstrap_and_terminations_do_not(squat):
@@ -114,7 +115,8 @@ def test_the_stage_1_runner_moves_the_curriculum_and_the_later_stages_do_not(squ
 
 @pytest.mark.parametrize("bad,fragment", [("task.curriculum.reset_noise=[1.0]", "not a [start, end] pair"),
                                           ("task.curriculum.span=0", "task.curriculum.span"),
-                                          ("+task.curriculum.assist=[1,0]", "unknown task.curriculum key"),
+                                          ("+task.curriculum.asist=[1,0]", "unknown task.curriculum key"),
+                                          ("task.curriculum.assist=[1.0,0.5]", "must end at 0"),
                                           ("task.action.relative_to=ref", "action.relative_to"),
                                           ("task.future_frames=[0,2,4]", "needs 1 in future_frames")])
 def test_a_bad_curriculum_or_action_base_is_refused_in_one_sentence(squat, bad, fragment):

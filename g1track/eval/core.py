@@ -137,7 +137,7 @@ def rollout(env: EvalEnv, policy, actor: str, record_obs: bool = False, max_step
             progress: bool = False) -> list:
     "Play every env's first episode from its start frame with deterministic `actor` actions; one `Episode` per env."
     limit = max_steps or int((env.motion.num_frames[env.fixed_starts[0]] - env.fixed_starts[1]).max()) + 1
-    keys = ("qpos", "qvel", "action", "clip", "frame", "reward", "terms", *(("obs",) if record_obs else ()))
+    keys = ("qpos", "qvel", "action", "clip", "frame", "scored_frame", "reward", "terms", *(("obs",) if record_obs else ()))
     act = lambda obs: policy.act(obs, actor=actor, deterministic=True, with_value=False)[0]
     return _episodes(env, record_rollout(env, act, limit, keys, progress=progress, desc=f"eval {actor}"))
 
@@ -146,10 +146,11 @@ def _episodes(env, r) -> list:
     rec, length, terminated = r.steps, r.length, r.terminated
     T, N = rec["qpos"].shape[:2]
     pos = env.fk(rec["qpos"].reshape(T * N, -1))[0][:, env.tracked].reshape(T, N, -1, 3)
-    ref = env.motion.get(rec["clip"].reshape(-1), rec["frame"].reshape(-1))
+    scored = rec["scored_frame"].reshape(-1)                   # the state after a step against the frame it reached
+    ref = env.motion.get(rec["clip"].reshape(-1), scored)
     ref_pos, ref_q = ref.body_pos_w[:, 0].reshape(T, N, -1, 3), ref.joint_pos[:, 0].reshape(T, N, -1)
     ref_dq = ref.joint_vel[:, 0].reshape(T, N, -1)
-    ref_qpos = env.motion.qpos(rec["clip"].reshape(-1), rec["frame"].reshape(-1)).reshape(T, N, -1)
+    ref_qpos = env.motion.qpos(rec["clip"].reshape(-1), scored).reshape(T, N, -1)
     np_ = lambda x, i, n: x[:n, i].cpu().numpy()
     names, out = tuple(env.cfg.robot.tracked_bodies), []
     for i in range(N):

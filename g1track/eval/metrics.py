@@ -17,6 +17,7 @@ __all__ = ['SUCCESS_THRESHOLD_M', 'ERROR_METRICS', 'FRAME_METRICS', 'SUCC_METRIC
 import os, re, json, math, pathlib
 from dataclasses import dataclass, field
 import numpy as np
+from ..runs import process_running
 
 # %% ../../nbs/08a_metrics.ipynb #f8dfd384
 @dataclass
@@ -238,13 +239,6 @@ def writable_file(path, what: str) -> pathlib.Path:
     writable_folder(path.parent, what)
     return path
 
-def _running(pid: int) -> bool:
-    "Whether process `pid` runs on this machine (this process included)."
-    if pid == os.getpid(): return True
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True                    # someone else's live process
-    return True
 
 def remove_debris(folder) -> list:
     "Remove the temporary files (`.NAME.tmpPID`) that killed writers left in `folder`; a running writer's are kept. The removed paths."
@@ -252,7 +246,7 @@ def remove_debris(folder) -> list:
     if not folder.is_dir(): return out
     for p in sorted(folder.glob(".*.tmp*")):
         m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
-        if m and p.is_file() and not _running(int(m.group(1))):
+        if m and p.is_file() and not process_running(int(m.group(1))):       # a running writer's file is kept
             p.unlink(missing_ok=True); out.append(p)
     return out
 

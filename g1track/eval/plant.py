@@ -287,15 +287,18 @@ def progress_bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 def track(plant: Plant, policy, steps: int, record_obs: bool = False, desc: str = "motion", progress: bool = False) -> tuple:
-    """Observe -> act -> step -> record -> terminate, at most `steps` control steps or until `policy.advance()` says the clip
-    ended; `policy` has `observe() -> (obs, Frame)`, `act(obs) -> action`, `acted(action)`, `advance() -> bool`.
+    """Observe -> act -> step -> advance -> record -> terminate, at most `steps` control steps or until `policy.advance()` says the
+    clip ended; `policy` has `observe() -> (obs, Frame)`, `act(obs) -> action`, `acted(action)`, `advance() -> bool` and
+    `reached(shown) -> Frame`, the frame the state after the step is scored against (the training environment's: the next one).
     Returns ({key: stacked array} of `RECORDED`, terminated)."""
     d, rec, terminated = plant.data, {k: [] for k in RECORDED}, False
     with progress_bar(steps, desc, progress) as bar:
         for _ in range(steps):
-            obs, ref = policy.observe()                                       # the observation and the frame it showed
+            obs, shown = policy.observe()                                     # the observation and the frame it showed
             action = policy.act(obs)
             plant.apply(action)
+            more = policy.advance()
+            ref = policy.reached(shown)
             pos, quat = d.xpos[plant.body_ids].copy(), d.xquat[plant.body_ids].copy()
             for k, v in (("body_pos", pos), ("ref_body_pos", ref.body_pos), ("joint_pos", d.qpos[plant.qadr].copy()),
                          ("ref_joint_pos", ref.joint_pos), ("joint_vel", d.qvel[plant.dadr].copy()), ("ref_joint_vel", ref.joint_vel),
@@ -305,7 +308,7 @@ def track(plant: Plant, policy, steps: int, record_obs: bool = False, desc: str 
             policy.acted(action)
             bar.update()
             terminated = not np.isfinite(d.qpos).all() or plant.fails(pos, quat, ref)
-            if terminated or not policy.advance(): break
+            if terminated or not more: break
     return {k: np.asarray(v) for k, v in rec.items() if v}, terminated
 
 def episode_of(name: str, plant: Plant, rec: dict, terminated: bool, dt: float) -> Episode:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 # %% ../../nbs/08e_record.ipynb #c263122f
-BEFORE = ("obs", "clip", "frame", "ref_qpos")
+BEFORE = ("obs", "clip", "frame", "scored_frame", "ref_qpos")
 AFTER = ("action", "qpos", "qvel", "reward", "terminated", "truncated", "terms")
 
 @dataclass
@@ -54,8 +54,11 @@ def record_rollout(env, act_fn, steps: int, keys=("action", "qpos", "qvel", "rew
     alive, terminated = torch.ones(N, dtype=torch.bool, device=dev), torch.zeros(N, dtype=torch.bool, device=dev)
     length = torch.zeros(N, dtype=torch.long, device=dev)
     for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False, dynamic_ncols=True):
+        # `frame`: the frame the observation showed; `scored_frame`: the frame of the instant the step reaches, which its
+        # reward scored the state after it against (the next one, the clip's last at most)
         clip, frame = env.clip.clone(), env.frame.clone()
-        rec.add(obs=lambda: obs["policy"], clip=clip, frame=frame, ref_qpos=lambda: env.motion.qpos(clip, frame))
+        scored = torch.minimum(frame + 1, env.motion.num_frames[clip] - 1)
+        rec.add(obs=lambda: obs["policy"], clip=clip, frame=frame, scored_frame=scored, ref_qpos=lambda: env.motion.qpos(clip, scored))
         action = act_fn(obs)
         out = env.step(action, **step_kw)
         done = out["terminated"] | out["truncated"]

@@ -161,9 +161,15 @@ class MetadataPolicy:
     def __init__(self, session, state: State, observer: Observer):
         self.session, self.s, self.observer, self.input = session, state, observer, session.get_inputs()[0].name
 
-    def observe(self) -> tuple:
+    def frame(self) -> Frame:
         s, f = self.s, self.s.frame
-        return self.observer(s), Frame(s.ref.body_pos[f], s.ref.body_quat[f], s.ref.joint_pos[f], s.ref.joint_vel[f], s.ref.qpos[f])
+        return Frame(s.ref.body_pos[f], s.ref.body_quat[f], s.ref.joint_pos[f], s.ref.joint_vel[f], s.ref.qpos[f])
+
+    def observe(self) -> tuple: return self.observer(self.s), self.frame()
+
+    def reached(self, shown: Frame) -> Frame:
+        "As in training, the state after a step is scored against the frame of that instant, one control period on."
+        return self.frame()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: obs[None].astype(np.float32)})[0][0].astype(np.float64)
@@ -171,10 +177,10 @@ class MetadataPolicy:
     def acted(self, action: np.ndarray) -> None: self.s.last_action = action
 
     def advance(self) -> bool:
-        "The next reference frame; False at the clip's last frame, where the episode ends."
-        if self.s.frame >= self.s.ref.num_frames - 1: return False
-        self.s.frame += 1
-        return True
+        "On to the next reference frame (the clip's last at most); False once there: that step ends the episode."
+        last = self.s.ref.num_frames - 1
+        self.s.frame = min(self.s.frame + 1, last)
+        return self.s.frame < last
 
 # %% ../../nbs/08b_sim2sim.ipynb #1eb51e4d
 def run_episode(onnx_path, motion, max_seconds: float | None = None, session=None, meta=None, model=None,

@@ -201,6 +201,9 @@ class ControllerPolicy:
     def act(self, obs: np.ndarray) -> np.ndarray: return self.ctl.forward(obs)
     def acted(self, action: np.ndarray) -> None: self.ctl.last_action = action
     def advance(self) -> bool: return True                                  # past its end the graph repeats the last frame
+    # BeyondMimic's controller keeps the frame its last graph call returned for the next observation: the state after a
+    # step is scored against the frame the policy was shown, as its own evaluation does
+    def reached(self, shown): return shown
 
 def run_episode_beyondmimic(bm: BeyondMimicFile, model, meta: dict, cond: Conditions | None = None, max_seconds: float | None = None,
                             record_obs: bool = False, zero_warmstart: bool = True, progress: bool = False) -> Episode:
