@@ -26,9 +26,12 @@ def sim_cfg(**overrides) -> DictConfig:
 
 # %% ../nbs/02_sim.ipynb #1e0727c0
 def cpu_share() -> int:
-    "CPUs this process may use for its own threads: its CPU affinity over the ranks torchrun started on this machine (at least 1)."
+    """CPUs this process may use for its own threads: its CPU affinity over the ranks torchrun started on this machine; outside
+    torchrun, at most `OMP_NUM_THREADS` where the user set it (torchrun sets it to 1 itself, so there the share decides)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if "LOCAL_WORLD_SIZE" in os.environ: return max(1, cpus // int(os.environ["LOCAL_WORLD_SIZE"]))
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cpus, int(limit)) if limit.isdigit() and int(limit) > 0 else cpus)
 
 # %% ../nbs/02_sim.ipynb #5afc5451
 BACKENDS = ("mujoco", "warp")

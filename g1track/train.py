@@ -18,11 +18,12 @@ from omegaconf import OmegaConf, DictConfig
 import g1track
 from .config import ConfigError, check_settings, check_added_keys
 from .env import TrackingEnv
+from .files import atomic_write
 from .modules import TrackingPolicy, actor_columns
 from .ppo import broadcast_module_
-from .runs import (CHECKPOINT_FORMAT, CheckpointError, RunError, atomic_save, atomic_write_text, link_latest, load_checkpoint,
+from .runs import (CHECKPOINT_FORMAT, CheckpointError, RunError, atomic_save, link_latest, load_checkpoint,
                           layout_of, check_layout, check_policy, start_mode, run_folder, resolve_checkpoint, wandb_logged_in,
-                          env_state_file, read_env_state, check_run_folder, checkpoint_iterations, remove_debris, truncate_metrics)
+                          env_state_file, read_env_state, check_run_folder, checkpoint_iterations, remove_run_debris, truncate_metrics)
 from .stages import StageRunner, get_stage
 
 # %% ../nbs/07_train.ipynb #a10caa61
@@ -100,9 +101,9 @@ class Run:
         "The folder, cleared of killed writes' debris and of log lines after `start_iteration`; config.yaml; the log."
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            for d in (self.folder, self.ckpt_dir): remove_debris(d)
+            for d in (self.folder, self.ckpt_dir): remove_run_debris(d)
             truncate_metrics(self.folder, start_iteration)
-            atomic_write_text(OmegaConf.to_yaml(self.cfg), self.folder / "config.yaml")
+            atomic_write(self.folder / "config.yaml", OmegaConf.to_yaml(self.cfg))
             self.metrics = open(self.folder / "metrics.jsonl", "a")
         except OSError as e:
             raise RunError(f"cannot write the run folder {self.folder} ({e.strerror or e}); pass run_dir=A_WRITABLE_FOLDER") from None
@@ -139,7 +140,7 @@ class Run:
             except OSError as e: err = f"cannot write {path} ({e.strerror or e})"
         failed = [e for e in _gather(err) if e]
         if not failed: return
-        if self.rank == 0: remove_debris(self.ckpt_dir)          # this iteration's environment states, without their checkpoint
+        if self.rank == 0: remove_run_debris(self.ckpt_dir)          # this iteration's environment states, without their checkpoint
         done = [i for i in checkpoint_iterations(self.ckpt_dir) if i < iteration]
         then = (f"the last complete checkpoint is ckpt_{done[-1]:06d}.pt: free space (or fix the folder), then resume with "
                 f"checkpoint_path=run:{self.cfg.wandb.project}/{self.run_id}" if done else
@@ -151,7 +152,7 @@ class Run:
         keep = int(self.cfg.keep_checkpoints)
         for it in checkpoint_iterations(self.ckpt_dir)[:-keep] if keep > 0 else []:
             for f in self.ckpt_dir.glob(f"ckpt_{it:06d}.*"): f.unlink()
-        remove_debris(self.ckpt_dir)
+        remove_run_debris(self.ckpt_dir)
 
     def close(self) -> None:
         if self.rank == 0:

@@ -109,3 +109,18 @@ def test_link_checker_finds_broken_internal_and_printed_links(tmp_path, monkeypa
     (site / "missing.png").write_bytes(b""); (site / "gone.css").write_text(""); (site / "nowhere.js").write_text("")
     monkeypatch.setattr(check_links, "printed_links", lambda: [])
     assert check_links.check_site(site)
+
+
+def test_math_in_prose_becomes_mathml_and_code_keeps_its_dollars():
+    html = docs.render_math(r"targets $q^* = q_{default} + s\,a$, shell `echo $HOME $x$`, display $$\sum_i x_i$$, prices $5 or $10")
+    assert html.count("<math") == 2 and 'display="block"' in html and "<msub><mi>q</mi>" in html
+    assert "`echo $HOME $x$`" in html and "$5 or $10" in html and "q_{default}" not in html
+    assert "&#42;" not in docs.render_math("`$a*b$`")                     # code is left as it was
+    assert ">*<" not in docs.render_math("$q^*$ and *emphasis*")          # a MathML `*` is not markdown emphasis
+
+
+def test_staged_env_page_carries_its_formula_as_mathml_and_the_markdown_page_keeps_latex():
+    nb = docs.stage_notebook(pathlib.Path("03_env.ipynb"))
+    assert "q_{default}" in docs.page_markdown(nb)
+    prose = "".join(c["source"] for c in docs.with_math(nb)["cells"] if c["cell_type"] == "markdown")
+    assert "<msub><mi>q</mi>" in prose and "q_{default}" not in prose

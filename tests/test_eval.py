@@ -591,7 +591,7 @@ def _pair_matches(folder) -> bool:
 def test_a_failed_second_write_leaves_the_previous_export_pair_intact(runs, evaluation, tmp_path, monkeypatch):
     import g1track.eval.export as export
     from g1track.eval.core import eval_cfg
-    from g1track.eval.metrics import OutputError
+    from g1track.files import OutputError
     obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
     cfg = eval_cfg(f"run_dir={runs}")
     export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
@@ -608,18 +608,46 @@ def test_a_failed_second_write_leaves_the_previous_export_pair_intact(runs, eval
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.yaml", "policy.onnx"]     # no temporary file left
 
 
-def test_a_kill_between_the_renames_never_leaves_a_mismatched_pair(runs, evaluation, tmp_path, monkeypatch):
-    import os
+def _stages(tmp_path):
+    "Staging folders of landings into `tmp_path` (they sit beside it)."
+    return [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.tmp")]
+
+
+@pytest.mark.parametrize("killed_at", ["exchange", "cleanup"])
+def test_a_kill_at_any_instant_of_the_landing_leaves_one_whole_pair(runs, evaluation, tmp_path, monkeypatch, killed_at):
+    import g1track.files as files
     import g1track.eval.export as export
     from g1track.eval.core import eval_cfg
     obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
     cfg = eval_cfg(f"run_dir={runs}")
     export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
-    real = os.replace
+    before = _pair(tmp_path)
+    def killed(*a, **k): raise KeyboardInterrupt                         # SIGKILL: nothing after this point runs
+    monkeypatch.setattr(files.shutil, "rmtree", killed if killed_at == "cleanup" else (lambda *a, **k: None))
+    if killed_at == "exchange": monkeypatch.setattr(files, "exchange", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs[:-1])
+    monkeypatch.undo()
+    after = _pair(tmp_path)
+    assert None not in after and _pair_matches(tmp_path) and (after == before) == (killed_at == "exchange")
+    assert len(_stages(tmp_path)) == 1                                   # what the kill left, beside the folder
+    export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
+    assert _stages(tmp_path) == [] and _pair_matches(tmp_path) and _pair(tmp_path)[1] is not None
+
+
+def test_where_folders_cannot_be_exchanged_a_kill_never_leaves_a_mismatched_pair(runs, evaluation, tmp_path, monkeypatch):
+    import g1track.files as files
+    import g1track.eval.export as export
+    from g1track.eval.core import eval_cfg
+    obs = np.concatenate([e.extras["obs"] for e in evaluation.episodes["student"]])
+    cfg = eval_cfg(f"run_dir={runs}")
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)          # another OS, or a file system without the call
+    export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs)
+    real = files.os.replace
     def killed_before_the_yaml(src, dst):
-        if str(dst).endswith("deploy.yaml"): raise KeyboardInterrupt      # what a kill between the two renames leaves
+        if str(dst).endswith("deploy.yaml"): raise KeyboardInterrupt      # a kill between the two renames
         return real(src, dst)
-    monkeypatch.setattr(export.os, "replace", killed_before_the_yaml)
+    monkeypatch.setattr(files.os, "replace", killed_before_the_yaml)
     with pytest.raises(KeyboardInterrupt):
         export.export_student("g1track/ev_adapt", cfg, out_dir=tmp_path, obs=obs[:-1])
     monkeypatch.undo()
@@ -641,7 +669,7 @@ def test_debris_of_a_killed_export_is_removed_by_the_next(runs, evaluation, tmp_
 
 
 def _running(pid: int) -> bool:
-    from g1track.runs import process_running
+    from g1track.files import process_running
     return process_running(pid)
 
 

@@ -138,12 +138,23 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_same_setup():
 def test_cpu_share_is_the_affinity_over_the_ranks_of_this_machine(monkeypatch):
     from g1track.sim import cpu_share
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False); monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cpu_share() == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2"); assert cpu_share() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8"); assert cpu_share() == 1           # never 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})                  # taskset -c 3
     monkeypatch.delenv("LOCAL_WORLD_SIZE"); assert cpu_share() == 1
+
+
+def test_a_thread_limit_the_user_set_caps_the_share(monkeypatch):
+    "OMP_NUM_THREADS=1 (what the notebook test sets for its two parallel kernels) keeps MuJoCo and the update to one thread."
+    from g1track.sim import cpu_share
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1"); assert cpu_share() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "8"); assert cpu_share() == 4             # a cap, never more than the affinity
+    monkeypatch.setenv("OMP_NUM_THREADS", ""); assert cpu_share() == 4              # unset or empty: no cap
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2"); monkeypatch.setenv("OMP_NUM_THREADS", "1"); assert cpu_share() == 2   # torchrun's own 1
 
 
 def test_mujoco_threads_and_update_threads_follow_the_share_of_each_rank(monkeypatch, g1_physics):

@@ -173,6 +173,28 @@ def title_of(nb: dict, fallback: str) -> str:
 
 
 # -- the site ----------------------------------------------------------------------------------------------
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)          # fenced blocks and code spans: their `$` is not math
+_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])", re.S)
+_MARKDOWN_CHARS = {c: f"&#{ord(c)};" for c in "*_`[]\\"}      # MathML text the markdown renderer must not read as markup
+
+
+def render_math(text: str) -> str:
+    """LaTeX in markdown prose (`$...$` inline, `$$...$$` display) as MathML, which browsers draw with no script and no
+    network; code spans and fenced blocks are left alone. The `.html.md` pages keep the LaTeX."""
+    from latex2mathml.converter import convert
+    def mathml(m) -> str:
+        tex, display = (m.group(1), "block") if m.group(1) is not None else (m.group(2), "inline")
+        html = convert(tex.strip(), display=display)
+        return re.sub(r">([^<]+)<", lambda t: ">" + "".join(_MARKDOWN_CHARS.get(c, c) for c in t.group(1)) + "<", html)
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else _MATH.sub(mathml, p) for i, p in enumerate(parts))
+
+
+def with_math(nb: dict) -> dict:
+    "The staged notebook with the math of its markdown cells rendered (what MkDocs gets)."
+    return {**nb, "cells": [{**c, "source": render_math(c["source"])} if c["cell_type"] == "markdown" else c for c in nb["cells"]]}
+
+
 def stage() -> tuple:
     "Write the staged notebooks and every other file of nbs/ into _proc/docs; returns (nav, {page: markdown})."
     shutil.rmtree(STAGE, ignore_errors=True)
@@ -190,7 +212,7 @@ def stage() -> tuple:
         nb = stage_notebook(rel)
         dest = (STAGE / page).with_suffix(".ipynb")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+        dest.write_text(json.dumps(with_math(nb), ensure_ascii=False), encoding="utf-8")
         markdown[page] = page_markdown(nb)
         item = {title_of(nb, rel.stem): pathlib.Path(page).with_suffix(".ipynb").as_posix()}
         if len(rel.parts) == 1: nav.append(item)
@@ -212,6 +234,14 @@ def build(out: pathlib.Path) -> None:
     print(f"docs: {len(markdown)} notebooks staged in {t1 - t0:.1f} s, rendered by MkDocs in {time.perf_counter() - t1:.1f} s")
     for page, md in markdown.items(): (out / (page + ".md")).write_text(md, encoding="utf-8")
     share_notebook_css(out)
+    check_math(out)
+
+
+def check_math(out: pathlib.Path, page: str = "env.html", formula: str = "<msub><mi>q</mi>") -> None:
+    "Fail the build unless the environment page's action formula ($q^* = q_{default} + ...$) reached the site as MathML."
+    html = (out / page).read_text(encoding="utf-8")
+    if "<math" not in html or formula not in html or "q_{default}" in html:
+        raise SystemExit(f"{page}: its math was not rendered to MathML (raw LaTeX would show); see render_math in tools/docs.py")
 
 
 _STYLE = re.compile(r'<style type="text/css">(.*?)</style>', re.S)

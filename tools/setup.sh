@@ -31,8 +31,11 @@ torch_variant() { if has_gpu; then echo cuda; else echo cpu; fi; }
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 torch_index() {
   if [ -n "${TORCH_INDEX_URL:-}" ]; then echo "$TORCH_INDEX_URL"
-  elif [ "$1" = cpu ] && reachable "$CPU_INDEX"; then echo "$CPU_INDEX"
+  elif [ "$1" = cpu ] && ! pip_has_own_index && reachable "$CPU_INDEX"; then echo "$CPU_INDEX"
   else echo ""; fi
+}
+pip_has_own_index() {  # pip is set up with an index or wheel folder of its own (a mirror, a cache): use it, probe nothing
+  [ -n "${PIP_INDEX_URL:-}${PIP_FIND_LINKS:-}${PIP_EXTRA_INDEX_URL:-}" ] || "$VENV/bin/python" -m pip config list 2>/dev/null | grep -qE "index-url|find-links"
 }
 reachable() {  # can this machine open a connection to the host of URL $1 within a few seconds?
   "$VENV/bin/python" - "$1" <<'PY' 2>/dev/null

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..motion import load_motions
 from ..robot import load_g1
 from ..runs import checkpoint_config, policy_from_checkpoint
-from .metrics import temp_name, writable_folder, remove_debris
+from ..files import temp_name, writable_folder, remove_debris
 from .core import open_checkpoint, run_folder_of, eval_cfg, student_observations, student_actions
 from .export import ExportError, refuse_untrained_student, deployment_metadata, export_folder
 from . import sim2sim

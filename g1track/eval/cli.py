@@ -18,7 +18,7 @@ from ..config import ConfigError
 from ..motion import MotionFormatError
 from ..robot import load_g1
 from ..runs import CheckpointError
-from .metrics import OutputError, writable_folder
+from ..files import OutputError, writable_folder
 from .plant import DeploymentError
 from .core import eval_cfg, open_checkpoint, evaluate_checkpoint, run_folder_of, play
 from .export import ExportError, refuse_untrained_student, export_folder, export_student, observation_table

@@ -24,8 +24,8 @@ from ..motion import load_motions
 from ..robot import load_g1, QPOS_JOINTS, QVEL_JOINTS
 from ..runs import (CheckpointError, resolve_checkpoint, load_checkpoint, checkpoint_config, policy_from_checkpoint,
                           check_layout)
-from .metrics import (Episode, evaluate_episodes, metrics_table, comparison_table, ratios, save_json, writable_folder,
-                                  remove_debris)
+from ..files import writable_folder, remove_debris
+from .metrics import Episode, evaluate_episodes, metrics_table, comparison_table, ratios, save_json
 from .record import record_rollout
 
 # %% ../../nbs/08_eval.ipynb #49750025

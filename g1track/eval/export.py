@@ -7,10 +7,10 @@ Docs: https://g1track.github.io/g1track/export.html.md"""
 
 # %% auto #0
 __all__ = ['DEPLOY_YAML', 'ExportError', 'refuse_untrained_student', 'deployment_metadata', 'observation_table',
-           'ReferenceFolded', 'reference_columns', 'Export', 'export_folder', 'replace_pair', 'export_student']
+           'ReferenceFolded', 'reference_columns', 'Export', 'export_folder', 'export_student']
 
 # %% ../../nbs/08f_export.ipynb #0cc22ed7
-import os, json, hashlib, pathlib, warnings
+import json, hashlib, pathlib, warnings
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, DictConfig
 import g1track
 from ..robot import load_g1
 from ..runs import checkpoint_config, policy_from_checkpoint
-from .metrics import OutputError, temp_name, write_synced, writable_folder, remove_debris
+from ..files import OutputError, write_synced, writable_folder, remove_debris, landing_together
 from .core import eval_cfg, open_checkpoint, run_folder_of, student_observations, student_actions
 from . import sim2sim
 
@@ -134,13 +134,6 @@ def export_folder(path, out_dir=None) -> pathlib.Path:
     "Where the export of the checkpoint at `path` goes: `out_dir`, else the run's `export/` folder."
     return pathlib.Path(out_dir) if out_dir is not None else run_folder_of(path) / "export"
 
-def replace_pair(onnx_tmp, onnx_path, yaml_tmp, yaml_path) -> None:
-    """Put a checked ONNX file and its deploy.yaml in place as a pair: the old deploy.yaml goes first, then the new files land,
-    deploy.yaml last, so at no instant does a deploy.yaml sit beside an ONNX file of another export."""
-    pathlib.Path(yaml_path).unlink(missing_ok=True)
-    os.replace(onnx_tmp, onnx_path)
-    os.replace(yaml_tmp, yaml_path)
-
 def export_student(spec, cfg: DictConfig | None = None, out_dir=None, obs: np.ndarray | None = None,
                    name: str = "policy") -> Export:
     "Export a checkpoint's deployable student to `<run>/export/<name>.onnx` + `deploy.yaml`, checked against torch; both or neither."
@@ -157,29 +150,26 @@ def export_student(spec, cfg: DictConfig | None = None, out_dir=None, obs: np.nd
     if obs is None: obs = student_observations(ckpt, cfg, path, int(cfg.export.parity_steps))
     obs = np.asarray(obs, np.float32).reshape(-1, meta["observation"]["dim"])
     atol = float(cfg.export.parity_atol)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_debris(out)                                                  # what a killed export left
+    if out.is_dir(): remove_debris(out)                                  # what a killed export left
     final, yaml_path = out / f"{name}.onnx", out / DEPLOY_YAML
-    tmp, yaml_tmp = temp_name(final), temp_name(yaml_path)
     try:
-        _write_onnx(module, meta, tmp, int(cfg.export.opset))
-        with torch.no_grad(): ref = module(torch.from_numpy(obs)).numpy()
-        act = student_actions(policy, ckpt, obs) + fold(obs)
-        got = sim2sim.ort_session(tmp).run(None, {"policy_obs": obs})[0]
-        parity, vs_policy = float(np.abs(got - ref).max()), float(np.abs(ref - act).max())
-        if not (parity <= atol and vs_policy <= atol):
-            raise ExportError(f"the export failed its parity check on {len(obs)} recorded observations: onnxruntime vs torch "
-                              f"max |diff| {parity:.2e}, export module vs policy {vs_policy:.2e} (allowed {atol:g}); nothing was written")
-        deploy = dict(onnx=final.name, sha256=hashlib.sha256(tmp.read_bytes()).hexdigest(),
-                      parity=dict(max_abs_diff=parity, observations=len(obs), atol=atol), **meta)
-        write_synced(yaml_tmp, "# g1track deployment description: the same content as the ONNX metadata\n"
-                     + yaml.safe_dump(deploy, sort_keys=False, default_flow_style=None, width=140))
-        replace_pair(tmp, final, yaml_tmp, yaml_path)
+        with landing_together(out, last=(DEPLOY_YAML,)) as stage:        # the pair lands in one step, or not at all
+            tmp = stage / final.name
+            _write_onnx(module, meta, tmp, int(cfg.export.opset))
+            with torch.no_grad(): ref = module(torch.from_numpy(obs)).numpy()
+            act = student_actions(policy, ckpt, obs) + fold(obs)
+            got = sim2sim.ort_session(tmp).run(None, {"policy_obs": obs})[0]
+            parity, vs_policy = float(np.abs(got - ref).max()), float(np.abs(ref - act).max())
+            if not (parity <= atol and vs_policy <= atol):
+                raise ExportError(f"the export failed its parity check on {len(obs)} recorded observations: onnxruntime vs torch max "
+                                  f"|diff| {parity:.2e}, export module vs policy {vs_policy:.2e} (allowed {atol:g}); nothing was written")
+            deploy = dict(onnx=final.name, sha256=hashlib.sha256(tmp.read_bytes()).hexdigest(),
+                          parity=dict(max_abs_diff=parity, observations=len(obs), atol=atol), **meta)
+            write_synced(stage / DEPLOY_YAML, "# g1track deployment description: the same content as the ONNX metadata\n"
+                         + yaml.safe_dump(deploy, sort_keys=False, default_flow_style=None, width=140))
     except OSError as e:
         raise OutputError(f"cannot write the export into {out} ({e.strerror or e}); free some space or choose another folder "
                           f"(--out); the previous export, if any, was left as it was") from None
-    finally:
-        for t in (tmp, yaml_tmp): t.unlink(missing_ok=True)
     return Export(final, yaml_path, parity, vs_policy, len(obs), meta)
 
 # %% ../../nbs/08f_export.ipynb #dd113425

@@ -10,14 +10,13 @@ Docs: https://g1track.github.io/g1track/metrics.html.md"""
 __all__ = ['SUCCESS_THRESHOLD_M', 'ERROR_METRICS', 'FRAME_METRICS', 'SUCC_METRICS', 'METRICS', 'HIGHER_IS_BETTER', 'Episode',
            'position_errors', 'root_relative', 'mpkpe', 'mpkpe_root_relative', 'joint_position_error',
            'success_definition', 'frame_errors', 'episode_success', 'summarize', 'evaluate_episodes', 'fmt_metric',
-           'metrics_table', 'ratios', 'comparison_table', 'OutputError', 'temp_name', 'write_synced', 'atomic_write',
-           'writable_folder', 'writable_file', 'remove_debris', 'jsonable', 'save_json']
+           'metrics_table', 'ratios', 'comparison_table', 'jsonable', 'save_json']
 
 # %% ../../nbs/08a_metrics.ipynb #e8f082ec
 import os, re, json, math, pathlib
 from dataclasses import dataclass, field
 import numpy as np
-from ..runs import process_running
+from ..files import atomic_write
 
 # %% ../../nbs/08a_metrics.ipynb #f8dfd384
 @dataclass
@@ -193,63 +192,6 @@ def comparison_table(student: dict, teacher: dict, metrics=METRICS + SUCC_METRIC
     return _render(["metric", names[0], names[1], f"{names[1]}/{names[0]}", "better"], rows)
 
 # %% ../../nbs/08a_metrics.ipynb #bb61dff7
-class OutputError(RuntimeError):
-    "A result that cannot be written where asked: a read-only folder, a path through a file, a full disk."
-
-def temp_name(path) -> pathlib.Path:
-    "The temporary file a write of `path` goes through: `.NAME.tmpPID` beside it (what `remove_debris` recognizes)."
-    path = pathlib.Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-def write_synced(path, data) -> pathlib.Path:
-    "Write `data` (str or bytes) to `path` and flush it to disk (no rename: see `atomic_write`)."
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
-    return pathlib.Path(path)
-
-def atomic_write(path, data) -> pathlib.Path:
-    "Write `data` (str or bytes) to `path` through a temporary file and a rename; one `OutputError` sentence if it cannot be written."
-    path = pathlib.Path(path)
-    tmp = temp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_synced(tmp, data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); make its folder writable, free some space, or choose another "
-                          f"folder") from None
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
-def writable_folder(folder, what: str = "results") -> pathlib.Path:
-    "`folder` if `what` can be written into it (it, or the nearest folder above it that exists, is a writable folder); else one `OutputError`."
-    folder = pathlib.Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())       # '.' or '/' at the latest
-    if not existing.is_dir():
-        raise OutputError(f"cannot write {what} into {folder}: {existing} is a file, not a folder; choose another folder")
-    if not os.access(existing, os.W_OK | os.X_OK):                         # permissions, or a read-only file system
-        raise OutputError(f"cannot write {what} into {folder}: {existing} is read-only; make it writable or choose another folder")
-    return folder
-
-def writable_file(path, what: str) -> pathlib.Path:
-    "`path` if a file can be written there; else one `OutputError` sentence naming `what` (e.g. the option that gave it)."
-    path = pathlib.Path(path)
-    if path.is_dir(): raise OutputError(f"cannot write {what} to {path}: it is a folder; give a file name")
-    writable_folder(path.parent, what)
-    return path
-
-
-def remove_debris(folder) -> list:
-    "Remove the temporary files (`.NAME.tmpPID`) that killed writers left in `folder`; a running writer's are kept. The removed paths."
-    folder, out = pathlib.Path(folder), []
-    if not folder.is_dir(): return out
-    for p in sorted(folder.glob(".*.tmp*")):
-        m = re.fullmatch(r"\..+\.tmp(\d+)", p.name)
-        if m and p.is_file() and not process_running(int(m.group(1))):       # a running writer's file is kept
-            p.unlink(missing_ok=True); out.append(p)
-    return out
-
 def jsonable(x):
     "`x` with numpy scalars/arrays as Python values and NaN/inf as None."
     if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}

@@ -10,7 +10,8 @@ __all__ = ['parse_args', 'main']
 
 # %% ../../nbs/08h_sim2sim_cli.ipynb #7282cc18
 import sys, time, argparse, dataclasses
-from .metrics import metrics_table, save_json, METRICS, OutputError, writable_file
+from ..files import OutputError, writable_file
+from .metrics import metrics_table, save_json, METRICS
 from .plant import DeploymentError, Conditions, check_max_seconds, open_session
 from .sim2sim import file_format, sim2sim
 
