@@ -113,7 +113,7 @@ def pd_replay(it, ls, seconds=4.0) -> tuple[float, float]:
         ret += alive * out["reward"]; steps += alive
         alive &= ~(out["terminated"] | out["truncated"])
     env.close()
-    return float(ret.sum() / steps.sum()) / float(env.c.rewards.scale), float(steps.mean()) * env.dt
+    return float(ret.sum() / steps.sum()) / float(env.c.reward_scale), float(steps.mean()) * env.dt
 
 
 def warp_line(g1, it, ls, n=32, steps=15) -> str:

@@ -38,6 +38,7 @@ Modules:
 - `g1track.sim_warp`: The GPU engine behind `make_sim(backend="warp")`: N worlds in one MuJoCo Warp `Data` whose arrays are the simulator's torch tensors, the substeps replayed as one recorded graph, buffer overflow counted and reset, never ignored.
 - `g1track.stages`: What each stage of the teacher → adaptation → student pipeline runs, trains, freezes and logs — exactly the stage table of the pipeline (README) — and the loop that runs one iteration of a stage.
 - `g1track.task`: Reading a task config fast and checking it once: a plain attribute view for the hot path, uniform sampling of the configured ranges, and one clear sentence for anything the environment could not honour.
+- `g1track.toy`: `ToyReach`, a batched 2-D reaching task with a hidden drift, small enough to train in seconds on a CPU and shaped like the robot's problem: PPO, the mirror augmentation, the latent term and the three stages, checked on it.
 - `g1track.train`: `torchrun --nproc_per_node=N -m g1track.train task=G1/G1_tracking +exp=train wandb.id=...` — the pipeline's commands (README): Hydra config, distributed ranks, W&B (offline unless you logged in), a progress bar, atomic checkpoints that any stage resumes from, and clear errors for the wrong one."""
 
 __version__ = "0.1.0"

@@ -50,8 +50,8 @@ def anchor_tilt(env, ref, limit):
     a = env.anchor
     return (_gravity_z(env.body_quat[:, a]) - _gravity_z(ref.body_quat_w[:, 0, a])).abs() > limit
 
-def ee_height(env, ref, limit):
-    "Any end effector (`terminations.ee_bodies`) off its reference height by more than `limit`."
-    return ((env.body_pos[:, env.ee, 2] - ref.body_pos_w[:, 0, env.ee, 2]).abs() > limit).any(-1)
+def ee_height(env, ref, limit, bodies):
+    "Any of `bodies` (indices into the tracked bodies; the config names them) off its reference height by more than `limit`."
+    return ((env.body_pos[:, bodies, 2] - ref.body_pos_w[:, 0, bodies, 2]).abs() > limit).any(-1)
 
 TERMINATIONS = {f.__name__: f for f in (anchor_height, anchor_tilt, ee_height)}

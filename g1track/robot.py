@@ -117,7 +117,7 @@ def add_scene(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
     spec.worldbody.add_light(name="sun", pos=[0, 0, 4], dir=[0, 0, -1], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, castshadow=False,
                              diffuse=[0.7, 0.7, 0.7], ambient=[0.3, 0.3, 0.3])
     offset = [1.7, -1.7, 0.45]
-    spec.body("pelvis").add_camera(name="track", mode=mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM,
+    spec.body(cfg.root_body).add_camera(name="track", mode=mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM,
                                    pos=offset, xyaxes=_camera_axes(offset), fovy=45)
 
 def add_actuators(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
@@ -359,7 +359,7 @@ def fixed_base_spec(cfg: DictConfig | None = None, visual: bool = False) -> mujo
     cfg = cfg if cfg is not None else robot_cfg()
     spec = build_spec(cfg, visual)
     spec.delete(spec.joint("floating_base_joint"))
-    spec.body("pelvis").pos = [0, 0, 1.2]
+    spec.body(cfg.root_body).pos = [0, 0, 1.2]
     return spec
 
 def settle_fixed_base(target: np.ndarray, seconds: float = 3.0, cfg: DictConfig | None = None, record: bool = False):

@@ -96,11 +96,23 @@ def remove_run_debris(folder) -> list:
 # with (not today's default): the solver then ran on MuJoCo's own settings, and the actor heads read the whole policy
 # group. Settings missing here that code reads with a default (e.g. algo.lr_schedule, policy.log_std_bounds) need no entry.
 LEGACY_SETTINGS = {"task.sim.solver": {"iterations": 100, "ls_iterations": 50, "tolerance": 1.0e-8},
-                   "policy.actor_history": True}
+                   "policy.actor_history": True, "task.randomization.push.enabled": True, "task.robot.root_body": "pelvis"}
+
+def _upgrade_terms(cfg: DictConfig) -> None:
+    "Rewards and terminations in today's shape from the older one: `rewards.scale`, bare limits and `terminations.ee_bodies`."
+    task = cfg.get("task")
+    if task is None: return
+    if "rewards" in task and "scale" in task.rewards:
+        task.reward_scale = task.rewards.pop("scale")
+    t = task.get("terminations")
+    if t is not None and "ee_bodies" in t:
+        bodies = t.pop("ee_bodies")
+        task.terminations = {k: ({"limit": v, "bodies": bodies} if k == "ee_height" else {"limit": v}) for k, v in t.items()}
 
 def upgrade_config(config) -> DictConfig:
     "A checkpoint's config (YAML text or a config), with the settings it predates filled in as it was trained."
     cfg = OmegaConf.create(config)
+    _upgrade_terms(cfg)
     for key, value in LEGACY_SETTINGS.items():
         if OmegaConf.select(cfg, key) is None and OmegaConf.select(cfg, key.rsplit(".", 1)[0]) is not None:
             OmegaConf.update(cfg, key, value, force_add=True)

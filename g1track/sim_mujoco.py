@@ -26,14 +26,11 @@ class MujocoSim(Sim):
     backend = "mujoco"
 
     def __init__(self, g1: G1, num_envs: int, device="cpu", nthread: int | None = None, cfg: DictConfig | None = None):
-        from mujoco import rollout
         super().__init__(g1, num_envs, device, cfg if cfg is not None else sim_cfg())
         n = nthread if nthread is not None else self.cfg.nthread
-        self.nthread = int(n) if n is not None else cpu_share()
-        if self.nthread < 1: raise SimConfigError(f"nthread must be at least 1, got {self.nthread}") from None
+        self._rollout, self.nthread = None, None
+        self.set_nthread(int(n) if n is not None else cpu_share())
         m, N, D = self.model, self.num_envs, self.decimation
-        self._rollout = rollout.Rollout(nthread=self.nthread)
-        self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
         self._models = [m] * N                       # one shared model until parameters are randomized
         full = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
         self._nstate = mujoco.mj_stateSize(m, full)
@@ -54,6 +51,15 @@ class MujocoSim(Sim):
         self.qvel = torch.zeros(N, m.nv, dtype=torch.float32, device=self.device)
         self.sensordata = torch.zeros(N, m.nsensordata, dtype=torch.float32, device=self.device)
         self._publish()
+
+    def set_nthread(self, n: int) -> None:
+        "Step with `n` C threads from the next call on (a run's share of the CPUs changes as other runs start and end)."
+        from mujoco import rollout
+        if int(n) < 1: raise SimConfigError(f"nthread must be at least 1, got {n}") from None
+        if int(n) == self.nthread: return
+        if self._rollout is not None: self._rollout.close()
+        self._rollout, self.nthread = rollout.Rollout(nthread=int(n)), int(n)
+        self._datas = [mujoco.MjData(self.model) for _ in range(self.nthread)]   # the threads' scratch: a call starts from _state
 
     def _publish(self, ids=None):
         "Copy the float64 state (all envs, or env indices `ids`) into the float32 tensors."

@@ -21,6 +21,7 @@ from .env import TrackingEnv
 from .files import atomic_write
 from .modules import TrackingPolicy, actor_columns
 from .ppo import broadcast_module_
+from .sim import claim_cpus, release_cpus
 from .runs import (CHECKPOINT_FORMAT, CheckpointError, RunError, atomic_save, link_latest, load_checkpoint,
                           layout_of, check_layout, check_policy, start_mode, run_folder, resolve_checkpoint, wandb_logged_in,
                           env_state_file, read_env_state, check_run_folder, checkpoint_iterations, remove_run_debris, truncate_metrics)
@@ -256,12 +257,16 @@ def train(cfg: DictConfig) -> dict:
     mode = start_mode(ckpt, cfg.stage, ckpt_path)
     run_id = shared_run_id(cfg.wandb.id)                # a collective under torchrun
     agree(lambda: check_run_folder(run_folder(cfg.run_dir, cfg.wandb.project, run_id), cfg.wandb.project, run_id, ckpt, mode))
-    env = TrackingEnv(cfg.task, device=device if device != "cpu" else cfg.task.device, seed=int(cfg.seed) + rank)
+    if device == "cpu": claim_cpus()                   # other training runs on these CPUs now leave this one its share
+    try:
+        env = TrackingEnv(cfg.task, device=device if device != "cpu" else cfg.task.device, seed=int(cfg.seed) + rank)
+    except BaseException:
+        release_cpus(); raise
     try:
         policy, runner, gen, start_iteration = _restore(cfg, env, ckpt, ckpt_path, mode, rank)
         run = Run(cfg, rank, _lineage(ckpt, mode), run_id, start_iteration)
     except BaseException:
-        env.close(); raise
+        env.close(); release_cpus(); raise
     if rank == 0:
         print(f"[g1track] stage={cfg.stage} ({mode}{' from ' + str(ckpt_path) if ckpt_path else ''}) run={cfg.wandb.project}/{run.run_id} "
               f"ranks={world} envs/rank={env.num_envs} device={env.device} backend={type(env.sim).__name__} "
@@ -284,7 +289,7 @@ def train(cfg: DictConfig) -> dict:
                                 dict(env=env.state_dict(), obs=runner.obs, **rng_states(env.device)), it + 1)
             if last: break
     finally:
-        bar.close(); run.close(); env.close()
+        bar.close(); run.close(); env.close(); release_cpus()
     if rank == 0:
         stopped = f" (time_limit_s={cfg.time_limit_s} reached)" if it + 1 < runner.total_iterations else ""
         print(f"[g1track] {cfg.stage} done: {it + 1} of {runner.total_iterations} iterations{stopped}; checkpoint {path}", flush=True)

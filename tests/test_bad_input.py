@@ -110,6 +110,10 @@ CASES = [
     Case("total_frames<0", "g1track.train", TRAIN + " total_frames=-5", "total_frames=-5 is not allowed"),
     Case("num_minibatches=0", "g1track.train", TRAIN + " algo.num_minibatches=0", "algo.num_minibatches=0 is not allowed"),
     Case("train_every=0", "g1track.train", TRAIN + " algo.train_every=0", "algo.train_every=0 is not allowed"),
+    Case("termination limit<0", "g1track.train", TRAIN + " task.terminations.anchor_height.limit=-1",
+         "needs a limit > 0, e.g. terminations.anchor_height.limit=0.25"),
+    Case("termination parameter misspelt", "g1track.train", TRAIN + " +task.terminations.ee_height.bodys=[pelvis]",
+         "did you mean task.terminations.ee_height.bodies?"),
     Case("+typo", "g1track.train", TRAIN + " +algo.lrr=1e-3", "algo.lrr is not a setting in g1track/cfg"),
     Case("+typo, from a shell", "g1track.train", TRAIN + " +algo.lrr=1e-3", "did you mean algo.lr?", subprocess=True),
     # runs and checkpoints: never mix two runs

@@ -35,3 +35,13 @@ def test_track_real_with_a_time_budget_evaluates_where_training_stopped(tmp_path
     frames = int(re.search(r"frames=(\d+)", last).group(1))
     assert 0 < frames < 1_000_000                                       # stopped by the clock, not by the budget
     assert "time_limit_s=1.2 reached" in (tmp_path / "train.log").read_text()
+
+
+def test_side_by_side_starts_a_run_alone_then_two_at_once_and_prints_its_contract_line():
+    import re, subprocess, sys
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--tiny", "--iterations", "4", "--skip", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("one run alone:") and lines[1].startswith("two runs side by side:")
+    assert re.fullmatch(r"side_by_side=\d+\.\d\d alone_fps=\d+ pair_fps=\d+,\d+", lines[-1]), lines[-1]

@@ -38,7 +38,7 @@ def test_layout_is_contiguous_and_matches_the_observations(squat):
 def test_kinematic_replay_scores_every_tracking_term_at_its_maximum(squat):
     env = make_env(*QUIET, n=4, clips=[squat, builtin_motion("step_in_place")])
     env.reset()
-    scale = env.c.rewards.scale
+    scale = env.c.reward_scale
     for _ in range(150):
         out = env.step(torch.zeros(4, 29), kinematic=True)
         assert not out["terminated"].any()
@@ -58,7 +58,7 @@ def test_kinematic_replay_of_a_real_lafan_clip_is_scored_at_maximum(motions_dir)
         assert not out["terminated"].any()
         log = env.pop_log()
         for k in TRACKING:
-            worst = min(worst, log[f"reward/{k}"] / (env.c.rewards.scale * env.c.rewards[k].weight))
+            worst = min(worst, log[f"reward/{k}"] / (env.c.reward_scale * env.c.rewards[k].weight))
     assert worst > 1 - 1e-5
 
 
@@ -95,6 +95,24 @@ def test_a_robot_left_to_fall_under_open_loop_pd_is_terminated_within_1_5_s(moti
     assert clip_ended.sum() <= 2
     assert (first_end[~clip_ended] >= 0).all(), f"still going after 1.5 s: {first_end}"
     assert first_end[~clip_ended].float().median() * env.dt < 0.5
+
+
+def test_a_termination_set_to_null_is_off_and_the_others_still_end_episodes(motions_dir):
+    "task.terminations.NAME=null switches one term off: it never ends an episode and has no log key; the rest still work."
+    clip = load_motion(motions_dir / "lafan1_g1_dance2_subject1.csv")
+    ends = {}
+    for off in ("ee_height", "anchor_height"):
+        env = make_env(*QUIET, f"task.terminations.{off}=null", n=32, clips=[clip], seed=1)
+        env.reset()
+        seen = torch.zeros(32, dtype=torch.bool)
+        for _ in range(int(1.5 / env.dt)):
+            seen |= env.step(_reference_actions(env))["terminated"]
+        log = env.pop_log()
+        assert off not in env.terminations and f"termination/{off}" not in log
+        ends[off] = (int(seen.sum()), {k: v for k, v in log.items() if k.startswith("termination/")})
+    # the falls still end with the other terms on (a falling robot's anchor drops and tilts, its feet leave their marks)
+    assert ends["ee_height"][0] >= 28 and ends["anchor_height"][0] >= 28, ends
+    assert ends["ee_height"][1]["termination/anchor_height"] > 0 and ends["anchor_height"][1]["termination/ee_height"] > 0, ends
 
 
 def test_a_fallen_robot_never_lies_on_the_floor_with_its_episode_running():

@@ -499,7 +499,7 @@ def test_joint_velocity_error_in_rad_per_s():
 
 def test_protocols_set_the_conditions_and_bad_names_are_refused():
     from g1track.config import task_cfg, ConfigError
-    from g1track.eval.core import eval_cfg, eval_task_cfg, episodes_per_clip, NEVER_S
+    from g1track.eval.core import eval_cfg, eval_task_cfg, episodes_per_clip
     task = task_cfg()
     nom = eval_task_cfg(task, 2, 5.0, eval_cfg())
     rob = eval_task_cfg(task, 2, 5.0, eval_cfg("protocol=robust"))
@@ -509,8 +509,8 @@ def test_protocols_set_the_conditions_and_bad_names_are_refused():
     assert rob.randomization.enabled and rob.observations.noise.enabled
     assert list(rob.randomization.foot_friction) == list(task.randomization.foot_friction)
     assert list(rob.randomization.action_delay_s) == list(task.randomization.action_delay_s)
-    assert list(rob.randomization.push.interval_s) == [NEVER_S, NEVER_S]
-    assert list(push.randomization.push.interval_s) == list(task.randomization.push.interval_s)
+    assert not rob.randomization.push.enabled and not nom.randomization.push.enabled
+    assert push.randomization.push.enabled and list(push.randomization.push.interval_s) == list(task.randomization.push.interval_s)
     assert all(np.allclose(np.asarray(v, float), 0) for v in rob.reset.values())             # every protocol starts on the reference
     assert episodes_per_clip(eval_cfg()) == 1 and episodes_per_clip(eval_cfg("protocol=robust")) == 64
     assert episodes_per_clip(eval_cfg("protocol=robust", "episodes_per_clip=8")) == 8
@@ -570,6 +570,32 @@ def test_a_checkpoint_older_than_the_solver_settings_still_evaluates_as_it_was_t
     finally: env.close()
     ev = evaluate_checkpoint(path, eval_cfg("max_episode_s=0.2"), out_dir=tmp_path / "eval")
     assert list(ev.results) == ["teacher"]
+
+
+def test_a_checkpoint_with_the_older_reward_and_termination_config_evaluates_and_exports_as_it_was_trained(runs, tmp_path):
+    "Before terms had their parameters in the term: rewards.scale, bare termination limits, terminations.ee_bodies, no push.enabled."
+    from omegaconf import OmegaConf
+    from g1track.runs import load_checkpoint, checkpoint_config, atomic_save
+    from g1track.eval.core import evaluate_checkpoint, make_eval_env, eval_cfg
+    from g1track.eval.export import deployment_metadata
+    ckpt = load_checkpoint(runs / "g1track" / "ev_train" / "checkpoints" / "latest.pt")
+    cfg = OmegaConf.create(ckpt["config"])
+    t = cfg.task
+    t.rewards.scale = t.pop("reward_scale")
+    bodies = list(t.terminations.ee_height.bodies)
+    t.terminations = {"anchor_height": 0.25, "anchor_tilt": 0.8, "ee_height": 0.3, "ee_bodies": bodies}
+    del t.randomization.push["enabled"]; del t.robot["root_body"]
+    old = dict(ckpt, config=OmegaConf.to_yaml(cfg))
+    path = atomic_save(old, tmp_path / "checkpoints" / "ckpt_000001.pt")
+    up = checkpoint_config(old).task
+    assert up.reward_scale == 0.02 and "scale" not in up.rewards and up.randomization.push.enabled and up.robot.root_body == "pelvis"
+    assert up.terminations.ee_height.limit == 0.3 and list(up.terminations.ee_height.bodies) == bodies
+    env = make_eval_env(old, eval_cfg(), None, path)
+    try: assert env.terminations["ee_height"][1] == pytest.approx(0.3) and len(env.terminations["ee_height"][2]["bodies"]) == len(bodies)
+    finally: env.close()
+    meta = deployment_metadata(old, path)["evaluation"]
+    assert meta["terminations"] == dict(anchor_height=0.25, anchor_tilt=0.8, ee_height=0.3, ee_bodies=bodies) and meta["root_body"] == "pelvis"
+    assert list(evaluate_checkpoint(path, eval_cfg("max_episode_s=0.2"), out_dir=tmp_path / "eval").results) == ["teacher"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

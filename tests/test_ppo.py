@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 from tensordict import TensorDict
 
 from g1track.modules import TrackingPolicy, policy_cfg
-from g1track.ppo import (PPO, TOY_POLICY, RolloutStorage, ToyReach, algo_cfg, collect_rollout, compute_gae,
-                         latent_gap, linear_schedule, train_toy)
+from g1track.ppo import PPO, RolloutStorage, algo_cfg, collect_rollout, compute_gae, latent_gap, linear_schedule
+from g1track.toy import TOY_POLICY, ToyReach, train_toy
 
 
 

@@ -135,6 +135,68 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_same_setup():
 
 # ---- threads: a run's share of the CPUs ----
 
+@pytest.fixture(autouse=True)
+def no_other_trainers(monkeypatch, tmp_path_factory):
+    "Each test sees its own empty register of training processes, not the machine's."
+    import g1track.sim
+    monkeypatch.setattr(g1track.sim, "CLAIMS_DIR", tmp_path_factory.mktemp("claims"))
+
+
+def _other_trainer(folder):
+    "A second training process, as far as the register knows: a child that claims its CPUs and waits to be killed."
+    code = f"import g1track.sim as s, time; s.claim_cpus({str(folder)!r}); print('ready', flush=True); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_trainers_side_by_side_share_the_cpus_and_a_killed_ones_share_comes_back(monkeypatch):
+    "Two runs started side by side each take half the cores (before: all of them each, ~8 % of their alone speed)."
+    import g1track.sim as sim
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})      # the child's real CPUs overlap these
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False); monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    folder = sim.CLAIMS_DIR
+    assert sim.cpu_share() == 4
+    me = sim.claim_cpus()
+    try:
+        assert me.exists() and sim.sharers() == 1 and sim.cpu_share() == 4
+        other = _other_trainer(folder)
+        assert sim.sharers() == 2 and sim.cpu_share() == 2
+        other.kill(); other.wait()                                  # kill -9: it cannot clean up; its lock goes with it
+        assert sim.cpu_share() == 4 and sorted(p.name for p in folder.glob("*.cpus")) == [me.name]
+        (folder / "999999.cpus").write_text("0 1")                  # a file nobody holds (a crash before this code ran)
+        assert sim.cpu_share() == 4 and not (folder / "999999.cpus").exists()
+    finally:
+        sim.release_cpus()
+    assert not me.exists() and not sim.claimed()
+    assert sim.cpu_share() == 4                                     # an unregistered process counts itself
+
+
+def test_a_running_stage_shrinks_its_threads_while_another_trainer_runs(monkeypatch):
+    import torch
+    import g1track.sim as sim
+    from g1track.config import compose
+    from g1track.env import TrackingEnv
+    from g1track.modules import TrackingPolicy
+    from g1track.stages import StageRunner
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False); monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cfg = compose(["+exp=train", "+preset=cpu_track", "task.num_envs=4", "algo.train_every=4", "total_frames=1000",
+                   "task.motions=[builtin:stand]"])
+    sim.claim_cpus()
+    env = TrackingEnv(cfg.task, num_envs=4)
+    try:
+        runner = StageRunner(env, TrackingPolicy(env.obs_dims, env.nj, cfg.policy), cfg, generator=torch.Generator().manual_seed(0))
+        assert env.sim.nthread == 2 and runner.update_threads == 2
+        other = _other_trainer(sim.CLAIMS_DIR)
+        runner.iteration(0)                                         # it asks at the start of every iteration
+        assert env.sim.nthread == 1 and runner.update_threads == 1
+        other.kill(); other.wait()
+        runner.iteration(1)
+        assert env.sim.nthread == 2 and runner.update_threads == 2
+    finally:
+        env.close(); sim.release_cpus()
+
 def test_cpu_share_is_the_affinity_over_the_ranks_of_this_machine(monkeypatch):
     from g1track.sim import cpu_share
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})

@@ -8,6 +8,7 @@ from g1track.robot import G1_JOINT_NAMES
 from g1track.stages import STAGES, stage_table
 from g1track.runs import CheckpointError, env_state_file, load_checkpoint, resolve_checkpoint
 from g1track.train import _load_env_state, restore_rng_states, rng_states, train
+from g1track.modules import NETWORKS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["task.num_envs=8", "algo.train_every=8", "algo.num_minibatches=2", "algo.ppo_epochs=2", "task.motions=[builtin:squat]",
@@ -31,8 +32,6 @@ def changed(before, after, network) -> bool:
     assert a.keys() == b.keys() and a
     return any(not torch.equal(a[k], b[k]) for k in a)
 
-
-NETWORKS = ("encoder_priv", "actor_teacher", "actor_student", "critic", "adapt_module")
 
 
 @pytest.fixture(scope="module")

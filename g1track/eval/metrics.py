@@ -84,10 +84,11 @@ def _abs_mean(a, b, n: int) -> np.ndarray:
     if a is None or b is None: return np.full(n, np.nan)
     return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean(-1)
 
-def frame_errors(ep: Episode, root: str = "pelvis", hands=(), feet=()) -> dict:
-    "Per-frame errors `[T]` of an episode, in mm (positions), rad (joints) and rad/s (joint velocities)."
+def frame_errors(ep: Episode, root: str | None = None, hands=(), feet=()) -> dict:
+    """Per-frame errors `[T]` of an episode, in mm (positions), rad (joints) and rad/s (joint velocities); root-relative
+    errors from `root` (default: the first tracked body, the floating base, as `robot.tracked_bodies` lists it)."""
     e = position_errors(ep.body_pos, ep.ref_body_pos)                                 # [T, B] m
-    r = _index(ep, [root])[0]
+    r = _index(ep, [root])[0] if root is not None else 0
     e_root = position_errors(root_relative(ep.body_pos, r), root_relative(ep.ref_body_pos, r))
     out = dict(mpkpe_mm=1000 * e.mean(-1), mpkpe_root_mm=1000 * e_root.mean(-1),
                joint_error_rad=_abs_mean(ep.joint_pos, ep.ref_joint_pos, ep.num_steps),
@@ -107,7 +108,7 @@ def _frame_mean(per: list, key: str) -> float:
     x = np.concatenate([p[key] for p in per])
     return float(x.mean()) if len(x) and not np.isnan(x).all() else float("nan")
 
-def summarize(episodes, root: str = "pelvis", hands=(), feet=(), success_threshold_m: float = SUCCESS_THRESHOLD_M) -> dict:
+def summarize(episodes, root: str | None = None, hands=(), feet=(), success_threshold_m: float = SUCCESS_THRESHOLD_M) -> dict:
     "Metrics of a set of episodes: errors over all frames and over successful episodes, episode-weighted success etc."
     episodes = list(episodes)
     if not episodes: raise ValueError("summarize needs at least one episode")
@@ -124,7 +125,7 @@ def summarize(episodes, root: str = "pelvis", hands=(), feet=(), success_thresho
     out["frames"] = int(sum(ep.num_steps for ep in episodes))
     return {k: out[k] for k in (*METRICS, *SUCC_METRICS, "episodes", "successes", "frames")}
 
-def evaluate_episodes(episodes, root: str = "pelvis", hands=(), feet=(), success_threshold_m: float = SUCCESS_THRESHOLD_M) -> dict:
+def evaluate_episodes(episodes, root: str | None = None, hands=(), feet=(), success_threshold_m: float = SUCCESS_THRESHOLD_M) -> dict:
     "`{'clips': {clip: metrics}, 'overall': metrics, 'definitions': ...}` of a list of episodes (several per clip allowed)."
     episodes = list(episodes)
     clips = {}

@@ -234,13 +234,15 @@ def noise_amplitudes(meta: dict, layout) -> np.ndarray:
 
 # %% ../../nbs/08i_plant.ipynb #5f975068
 def terminates(t: dict, names, anchor: str, body_pos, body_quat, ref_pos, ref_quat) -> bool:
-    "The training terminations (anchor height and tilt, end-effector heights) of one state against one reference frame."
+    """The training terminations (anchor height and tilt, end-effector heights) of one state against one reference frame;
+    a limit of None is a term training had switched off."""
     a = names.index(anchor)
     gz = lambda q: -quat_to_mat(q)[2, 2]
-    if abs(body_pos[a, 2] - ref_pos[a, 2]) > t["anchor_height"]: return True
-    if abs(gz(body_quat[a]) - gz(ref_quat[a])) > t["anchor_tilt"]: return True
+    on = lambda k: t.get(k) is not None
+    if on("anchor_height") and abs(body_pos[a, 2] - ref_pos[a, 2]) > t["anchor_height"]: return True
+    if on("anchor_tilt") and abs(gz(body_quat[a]) - gz(ref_quat[a])) > t["anchor_tilt"]: return True
     ee = [names.index(b) for b in t["ee_bodies"]]
-    return bool((np.abs(body_pos[ee, 2] - ref_pos[ee, 2]) > t["ee_height"]).any())
+    return on("ee_height") and bool((np.abs(body_pos[ee, 2] - ref_pos[ee, 2]) > t["ee_height"]).any())
 
 @dataclass
 class Frame:
