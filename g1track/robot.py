@@ -50,7 +50,7 @@ def menagerie_spec(name: str = "unitree_g1", entry: str = "g1_mjlab") -> mujoco.
         where = f"MENAGERIE_ROOT={root}" if root else "the mujoco_menagerie download cache"
         raise ModelUnavailableError(
             f"Could not load MuJoCo Menagerie model '{name}' (entry '{entry}') from {where} "
-            f"({type(e).__name__}: {e}). Fix: set MENAGERIE_ROOT to a directory that contains "
+            f"({type(e).__name__}: {' '.join(str(e).split())}). Fix: set MENAGERIE_ROOT to a directory that contains "
             f"{name}/{entry}.xml (e.g. a mujoco_menagerie checkout), or run once with network access "
             f"so mujoco_menagerie can download and cache it.") from None
 

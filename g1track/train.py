@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, DictConfig
 import g1track
 from .config import ConfigError, check_settings, check_added_keys
 from .env import TrackingEnv
+from .robot import ModelUnavailableError
 from .files import atomic_write
 from .modules import TrackingPolicy, actor_columns
 from .ppo import broadcast_module_
@@ -306,7 +307,7 @@ def main(argv: list | None = None) -> None:
         try:
             check_added_keys(HydraConfig.get().overrides.task, cfg)
             train(cfg)
-        except (CheckpointError, ConfigError, ValueError) as e:
+        except (CheckpointError, ConfigError, ModelUnavailableError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr); sys.exit(2)
         finally:
             if dist.is_initialized(): dist.destroy_process_group()

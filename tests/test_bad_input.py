@@ -47,6 +47,13 @@ def flip_a_weight(path) -> None:
         f.seek(pos); f.write(bytes([byte ^ 0x10]))
 
 
+def broken_robot_model(tmp, monkeypatch) -> None:
+    "MENAGERIE_ROOT at a folder whose G1 file is not valid XML (no network involved): the robot model cannot be loaded."
+    (tmp / "menagerie" / "unitree_g1").mkdir(parents=True)
+    (tmp / "menagerie" / "unitree_g1" / "g1_mjlab.xml").write_text("<mujoco><worldbody><body name='x'>")
+    monkeypatch.setenv("MENAGERIE_ROOT", str(tmp / "menagerie"))
+
+
 def truncate(path, keep: int = 200) -> None:
     p = pathlib.Path(path); p.write_bytes(p.read_bytes()[:keep])
 
@@ -114,6 +121,8 @@ CASES = [
          "needs a limit > 0, e.g. terminations.anchor_height.limit=0.25"),
     Case("termination parameter misspelt", "g1track.train", TRAIN + " +task.terminations.ee_height.bodys=[pelvis]",
          "did you mean task.terminations.ee_height.bodies?"),
+    Case("robot model unreadable", "g1track.train", TRAIN, "Could not load MuJoCo Menagerie model 'unitree_g1'",
+         prepare=broken_robot_model, subprocess=True),
     Case("+typo", "g1track.train", TRAIN + " +algo.lrr=1e-3", "algo.lrr is not a setting in g1track/cfg"),
     Case("+typo, from a shell", "g1track.train", TRAIN + " +algo.lrr=1e-3", "did you mean algo.lr?", subprocess=True),
     # runs and checkpoints: never mix two runs
@@ -155,6 +164,8 @@ CASES = [
     Case("eval run folder read-only", "g1track.eval.cli", EVAL, "t is read-only; make it writable or choose another folder",
          run=True, prepare=read_only_run),
     Case("export of a stage-1 run", "g1track.eval.cli", EVAL + " --export --no-eval", "never been trained", run=True),
+    Case("eval, robot model unreadable", "g1track.eval", EVAL, "Fix: set MENAGERIE_ROOT to a directory that contains",
+         run=True, prepare=broken_robot_model, subprocess=True),
     # sim2sim: every condition checked when it is read, before the file is opened
     Case("sim2sim latency<0", "g1track.eval.sim2sim_cli", S2S + " --latency-ms -5", "--latency-ms -5 is not a latency"),
     Case("sim2sim latency<0, from a shell", "g1track.eval.sim2sim", S2S + " --latency-ms -5", "--latency-ms -5 is not a latency",

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 from ..config import ConfigError
 from ..motion import MotionFormatError
-from ..robot import load_g1
+from ..robot import ModelUnavailableError, load_g1
 from ..runs import CheckpointError
 from ..files import OutputError, writable_folder
 from .plant import DeploymentError
@@ -108,7 +108,7 @@ def _export(a: argparse.Namespace, cfg: DictConfig, spec, ev):
     return ex
 
 # %% ../../nbs/08c_eval_cli.ipynb #72a5ca4c
-USER_ERRORS = (CheckpointError, ConfigError, ExportError, MotionFormatError, DeploymentError, OutputError)
+USER_ERRORS = (CheckpointError, ConfigError, ExportError, MotionFormatError, DeploymentError, OutputError, ModelUnavailableError)
 
 def main(argv=None) -> int:
     "Entry point of `python -m g1track.eval`."

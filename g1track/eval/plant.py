@@ -83,9 +83,10 @@ def term_entry(t) -> tuple:
 # %% ../../nbs/08i_plant.ipynb #b63b9b54
 def _robot(meta: dict):
     "g1track's G1 of the robot the metadata names (menagerie entry), without visuals."
-    from g1track.robot import load_g1, robot_cfg
+    from g1track.robot import load_g1, robot_cfg, ModelUnavailableError
     r = meta.get("robot", {})
-    return load_g1(robot_cfg(**{k: r[k] for k in ("menagerie_name", "entry") if k in r}), visual=False)
+    try: return load_g1(robot_cfg(**{k: r[k] for k in ("menagerie_name", "entry") if k in r}), visual=False)
+    except ModelUnavailableError as e: raise DeploymentError(str(e)) from None      # the sim2sim CLI's one sentence
 
 def deployment_model(meta: dict) -> mujoco.MjModel:
     "The G1 MuJoCo model with PD gains, effort limits and timestep taken from the export's metadata."
