@@ -38,9 +38,9 @@ TRAIN_FRAMES = 4_000_000    # stage 1: the demo's 2M leave the teacher's squat t
 
 
 def without_history() -> str:
-    "A Hydra override listing the default policy terms with no history (offset 0 only)."
-    names = [n for n, _ in term_entries(task_cfg().observations.policy)]
-    return f"task.observations.policy=[{','.join(names)}]"
+    "A Hydra override listing the default policy terms with no history (offset 0 only), each with its noise."
+    entry = lambda e: f"{{{e.term}:{{noise:{e.noise}}}}}" if e.noise else e.term
+    return f"task.observations.policy=[{','.join(map(entry, term_entries(task_cfg().observations.policy)))}]"
 
 
 def run_pipeline(run_dir: pathlib.Path, name: str, extra: list) -> pathlib.Path:

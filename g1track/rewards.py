@@ -18,20 +18,20 @@ from .rotations import projected_gravity
 # %% ../nbs/03b_rewards.ipynb #ccbd1252
 def _kernel(sq_err, sigma): return torch.exp(-sq_err / sigma ** 2)
 
-def anchor_pos(env, ref, sigma): return _kernel(env.errors["anchor_pos"], sigma)
-def anchor_ori(env, ref, sigma): return _kernel(env.errors["anchor_ori"], sigma)
-def body_pos(env, ref, sigma): return _kernel(env.errors["body_pos"], sigma)
-def body_ori(env, ref, sigma): return _kernel(env.errors["body_ori"], sigma)
-def body_lin_vel(env, ref, sigma): return _kernel(env.errors["body_lin_vel"], sigma)
-def body_ang_vel(env, ref, sigma): return _kernel(env.errors["body_ang_vel"], sigma)
-def action_rate(env, ref): return ((env.last_action - env.prev_action) ** 2).sum(-1)
+def anchor_pos(env, ref, err, sigma): return _kernel(err["anchor_pos"], sigma)
+def anchor_ori(env, ref, err, sigma): return _kernel(err["anchor_ori"], sigma)
+def body_pos(env, ref, err, sigma): return _kernel(err["body_pos"], sigma)
+def body_ori(env, ref, err, sigma): return _kernel(err["body_ori"], sigma)
+def body_lin_vel(env, ref, err, sigma): return _kernel(err["body_lin_vel"], sigma)
+def body_ang_vel(env, ref, err, sigma): return _kernel(err["body_ang_vel"], sigma)
+def action_rate(env, ref, err): return ((env.last_action - env.prev_action) ** 2).sum(-1)
 
-def joint_limit(env, ref, soft_factor):
+def joint_limit(env, ref, err, soft_factor):
     "How far the joints are outside the middle `soft_factor` of their range (rad, summed)."
     q, lo, hi = env.qpos[:, QPOS_JOINTS], env.joint_mid - soft_factor * env.joint_half, env.joint_mid + soft_factor * env.joint_half
     return ((q - hi).clamp_min(0) + (lo - q).clamp_min(0)).sum(-1)
 
-def undesired_contacts(env, ref, threshold_n=1.0):
+def undesired_contacts(env, ref, err, threshold_n=1.0):
     "How many of the listed bodies press on something harder than `threshold_n` newtons (a graze does not count)."
     return (env.touch > threshold_n).sum(-1).float()
 

@@ -50,7 +50,7 @@ def check_terminations(cfg: DictConfig) -> None:
 def validate_task(cfg: DictConfig, g1: G1) -> None:
     "Fail at construction, in one sentence, on anything the environment could not honour."
     for g in GROUPS:
-        names = [t for t, _ in term_entries(cfg.observations[g])]
+        names = [e.term for e in term_entries(cfg.observations[g])]
         unknown = [t for t in names if t not in TERMS]
         if unknown: raise ConfigError(f"unknown observation term(s) {unknown} in observations.{g}; known terms: {sorted(TERMS)}")
         twice = sorted({t for t in names if names.count(t) > 1})
@@ -59,9 +59,9 @@ def validate_task(cfg: DictConfig, g1: G1) -> None:
     if extra: raise ConfigError(f"unknown reward term(s) {extra} in rewards; known terms: {list(REWARD_TERMS)}")
     for k in cfg.rewards:
         params = {p: v for p, v in cfg.rewards[k].items() if p != "weight"}
-        try: inspect.signature(REWARDS[k]).bind(None, None, **params)
+        try: inspect.signature(REWARDS[k]).bind(None, None, None, **params)
         except TypeError: raise ConfigError(f"rewards.{k} has parameters {sorted(params)}; the term takes "
-                                            f"{list(inspect.signature(REWARDS[k]).parameters)[2:]} (and a weight)") from None
+                                            f"{list(inspect.signature(REWARDS[k]).parameters)[3:]} (and a weight)") from None
     check_terminations(cfg)
     for key in ("tracked_bodies", "feet", "undesired_contact_bodies"):
         try: g1.body_ids(cfg.robot[key])

@@ -69,8 +69,9 @@ def test_a_step_is_scored_against_the_frame_it_reaches_not_the_one_it_started_fr
     f0 = env.frame.clone()
     env.step(0.5 * torch.ones(2, 29))
     assert (env.frame == f0 + 1).all()
-    reached = env.tracking_errors(env.motion.get(env.clip, f0 + 1, (0,)))
-    started = env.tracking_errors(env.motion.get(env.clip, f0, (0,)))
+    from g1track.env import tracking_errors
+    errors = lambda frame: tracking_errors(env.body_pos, env.body_quat, env.body_lin, env.body_ang, env.motion.get(env.clip, frame, (0,)), env.anchor)
+    reached, started = errors(f0 + 1), errors(f0)
     torch.testing.assert_close(env.errors["body_pos"], reached["body_pos"])
     assert not torch.allclose(env.errors["body_pos"], started["body_pos"])
 
@@ -308,7 +309,7 @@ def test_warp_overflow_is_logged_and_resets_the_envs_that_lost_contacts(squat):
 
 
 # ---- observation history ----------------------------------------------------------------------------------------
-HIST = "task.observations.policy=[joint_vel,{joint_pos:{history:[0,1,3]}},{last_action:{history:2}}]"
+HIST = "task.observations.policy=[{joint_vel:{noise:0.5}},{joint_pos:{history:[0,1,3],noise:0.01}},{last_action:{history:2}}]"
 
 
 def test_a_history_term_stacks_past_values_offset_major_and_starts_from_the_reset_state(squat):
@@ -354,7 +355,21 @@ def test_history_noise_is_drawn_once_when_recorded(squat):
     prev = env.step(torch.zeros(2, nj))["obs"]["policy"][:, jp].view(2, 3, nj)
     now = env.step(torch.zeros(2, nj))["obs"]["policy"][:, jp].view(2, 3, nj)
     assert torch.equal(now[:, 1], prev[:, 0])                # the noisy value of one step ago, not a new draw
-    assert env._noise[jp].abs().sum() == 0                   # the group's per-observation noise skips the history
+    assert env._noise["policy"][jp].abs().sum() == 0         # the group's per-observation noise skips the history
+
+
+def test_noise_belongs_to_the_group_entry_so_the_critic_reads_the_same_term_clean(squat):
+    env = make_env("task.randomization.enabled=false", n=2, clips=[squat])
+    obs = env.step(torch.zeros(2, env.nj))["obs"]
+    pol, crit = dict(env.layout["policy"])["base_ang_vel"], dict(env.layout["critic_priv"])["base_ang_vel"]
+    true = env.qvel[:, 3:6]
+    assert torch.equal(obs["critic_priv"][:, crit], true)                       # no noise entry in critic_priv
+    err = (obs["policy"][:, pol] - true).abs()
+    assert err.max() <= 0.2 + 1e-6 and err.max() > 0.01                         # {base_ang_vel: {noise: 0.2}} in policy
+    quiet = make_env("task.randomization.enabled=false", "task.observations.noise.enabled=false", n=2, clips=[squat])
+    assert quiet._noise == {}
+    o = quiet.step(torch.zeros(2, quiet.nj))["obs"]
+    assert torch.equal(o["policy"][:, pol], quiet.qvel[:, 3:6])
 
 
 def test_history_appears_in_the_layout_table_and_mirrors_block_by_block(squat):
@@ -374,6 +389,8 @@ def test_history_appears_in_the_layout_table_and_mirrors_block_by_block(squat):
     ("{joint_pos:{history:0}}", "history of observation term 'joint_pos'"),
     ("{joint_pos:{history:[0,0]}}", "distinct offsets"),
     ("{joint_pos:{hist:3}}", "unknown keys"),
+    ("{joint_pos:{noise:-0.1}}", "amplitude >= 0"),
+    ("{joint_pos:{noise:loud}}", "amplitude >= 0"),
     ("joint_pos,{joint_pos:{history:2}}", "appear twice"),
 ])
 def test_a_bad_history_fails_at_construction_with_one_clear_sentence(squat, entry, message):
@@ -446,7 +463,7 @@ def test_undesired_contacts_skip_hands_and_feet_and_need_a_force_above_the_thres
     from g1track.rewards import undesired_contacts
     env.touch = torch.tensor([[0.0] * len(bodies), [0.5] + [0.0] * (len(bodies) - 1), [2.0, 3.0] + [0.0] * (len(bodies) - 2),
                               [1.0] * len(bodies)])
-    assert undesired_contacts(env, None, threshold_n=1.0).tolist() == [0.0, 0.0, 2.0, 0.0]
+    assert undesired_contacts(env, None, None, threshold_n=1.0).tolist() == [0.0, 0.0, 2.0, 0.0]
     assert env.c.rewards.undesired_contacts.threshold_n == 1.0
 
 

@@ -112,6 +112,35 @@ def exported(runs, evaluation):
     return export_student("g1track/ev_adapt", eval_cfg(f"run_dir={runs}"), obs=obs)
 
 
+def test_a_checkpoint_with_the_older_noise_table_reads_as_todays_entries(runs, tmp_path):
+    "Before noise sat on group entries, it was a table by term, and the critic read `*_clean` aliases: such a checkpoint loads,"
+    "checks against today's environment, and exports the same noise amplitudes."
+    from omegaconf import OmegaConf
+    from g1track.runs import load_checkpoint, atomic_save, checkpoint_config, check_layout
+    from g1track.eval.export import deployment_metadata
+    from g1track.env import TrackingEnv
+    path = runs / "g1track" / "ev_adapt" / "checkpoints" / "latest.pt"
+    now = load_checkpoint(path)
+    old = torch.load(path, weights_only=False)
+    cfg = OmegaConf.create(old["config"])
+    obs = cfg.task.observations
+    obs.policy = [e if isinstance(e, str) else ({k: {x: y for x, y in v.items() if x != "noise"}} if set(v) - {"noise"} else k)
+                  for e in OmegaConf.to_container(obs.policy) for k, v in ([(e, None)] if isinstance(e, str) else e.items())]
+    obs.critic_priv = [f"{e}_clean" if e in ("base_ang_vel", "projected_gravity", "joint_pos", "joint_vel") else e for e in obs.critic_priv]
+    obs.noise = {"enabled": True, "ref_anchor_ori": 0.05, "base_ang_vel": 0.2, "projected_gravity": 0.05, "joint_pos": 0.01, "joint_vel": 0.5}
+    old["config"] = OmegaConf.to_yaml(cfg)
+    old["obs_layout"]["critic_priv"] = [[f"{t[0]}_clean" if t[0] in ("base_ang_vel", "joint_pos") else t[0], *t[1:]]
+                                        for t in old["obs_layout"]["critic_priv"]]
+    atomic_save(old, tmp_path / "ckpt_000001.pt")
+    upgraded = load_checkpoint(tmp_path / "ckpt_000001.pt")
+    assert checkpoint_config(upgraded).task.observations == checkpoint_config(now).task.observations
+    assert upgraded["obs_layout"] == now["obs_layout"]
+    env = TrackingEnv(checkpoint_config(upgraded).task, num_envs=2)
+    check_layout(upgraded, env)                                        # today's environment accepts it
+    amp = lambda ck: deployment_metadata(ck, tmp_path)["observation"]["noise_amplitudes"]
+    assert amp(upgraded) == amp(now) and amp(now)["base_ang_vel"] == 0.2 and amp(now)["ref_joint_pos"] == 0.0
+
+
 def env_qpos_of(ev, e, frame):
     from g1track.motion import builtin_motion
     return builtin_motion("squat").qpos[frame]
@@ -340,8 +369,8 @@ def _env_has_history() -> bool:
     return hasattr(g1track.env, "has_history")              # the env side of issue 10
 
 
-HISTORY_POLICY = ("[ref_joint_pos,ref_joint_vel,ref_anchor_ori,base_ang_vel,projected_gravity,{joint_pos:{history:[0,1,2]}},"
-                  "joint_vel,{last_action:{history:2}}]")
+HISTORY_POLICY = ("[ref_joint_pos,ref_joint_vel,{ref_anchor_ori:{noise:0.05}},{base_ang_vel:{noise:0.2}},{projected_gravity:{noise:0.05}},"
+                  "{joint_pos:{history:[0,1,2],noise:0.01}},{joint_vel:{noise:0.5}},{last_action:{history:2}}]")
 
 
 @pytest.fixture(scope="module")

@@ -152,11 +152,12 @@ def test_a_policy_the_controller_cannot_express_is_refused():
     from g1track.config import task_cfg
     from g1track.eval.export import ExportError
     from g1track.eval.beyondmimic import beyondmimic_observation_names
-    names = [n if isinstance(n, str) else next(iter(n)) for n in task_cfg().observations.policy]   # the default task: future
-    # frames, relative reference joints (an entry {term: {history: ...}} names its term by its one key)
+    from g1track.observations import term_entries
+    names = [e.term for e in term_entries(task_cfg().observations.policy)]   # the default task: future frames, relative
+    # reference joints
     with pytest.raises(ExportError, match=r"\['ref_joint_pos', 'ref_joint_vel', 'ref_anchor_ori', 'projected_gravity'\].*task=G1/G1_tracking_bm"):
         beyondmimic_observation_names([(n, 0, 1) for n in names])
-    assert beyondmimic_observation_names([(n, 0, 1) for n in task_cfg(task="G1/G1_tracking_bm").observations.policy])
+    assert beyondmimic_observation_names([(e.term, 0, 1) for e in term_entries(task_cfg(task="G1/G1_tracking_bm").observations.policy)])
 
 
 def test_the_preset_keeps_the_teacher_and_critic_groups():

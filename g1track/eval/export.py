@@ -20,6 +20,7 @@ from omegaconf import OmegaConf, DictConfig
 import g1track
 from ..robot import load_g1
 from ..runs import checkpoint_config, policy_from_checkpoint
+from ..observations import term_entries
 from ..files import OutputError, write_synced, writable_folder, remove_debris, landing_together
 from .core import eval_cfg, open_checkpoint, run_folder_of, student_observations, student_actions
 from . import sim2sim
@@ -59,9 +60,8 @@ def deployment_metadata(ckpt: dict, path) -> dict:
     if unknown:
         raise ExportError(f"the policy observation uses term(s) {unknown} that a robot cannot compute (no deployment definition in "
                           f"g1track.eval.sim2sim.TERMS); train with policy terms among {sorted(sim2sim.TERMS)}")
-    noise = OmegaConf.to_container(task.observations.noise, resolve=True)
-    from g1track.env import TERMS as ENV_TERMS          # which training noise each policy term had (sim2sim --obs-noise replays it)
-    amplitude = lambda n: float(noise.get(ENV_TERMS[n].noise, 0.0)) if n in ENV_TERMS and ENV_TERMS[n].noise else 0.0
+    noise = {e.term: e.noise for e in term_entries(task.observations.policy)}   # the training noise of each policy entry
+    amplitude = lambda n: noise.get(n, 0.0)                                     # (sim2sim --obs-noise replays it)
     lineage = list(ckpt.get("lineage", []))
     fl = lambda x: [float(v) for v in np.asarray(x)]
     return dict(
