@@ -125,6 +125,7 @@ CASES = [
          prepare=broken_robot_model, subprocess=True),
     Case("+typo", "g1track.train", TRAIN + " +algo.lrr=1e-3", "algo.lrr is not a setting in g1track/cfg"),
     Case("+typo, from a shell", "g1track.train", TRAIN + " +algo.lrr=1e-3", "did you mean algo.lr?", subprocess=True),
+    Case("an older noise key", "g1track.train", TRAIN + " +task.observations.noise.joint_vel=0.3", "observation noise is set on a group's entry now"),
     # runs and checkpoints: never mix two runs
     Case("same id, from scratch", "g1track.train", TRAIN + " wandb.id=t total_frames=128", "to continue it pass "
          "checkpoint_path=run:g1track/t, to start a new run pass a fresh wandb.id", run=True),
