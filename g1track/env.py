@@ -81,7 +81,7 @@ class TrackingEnv:
         # what this step is scored by, computed once and passed to the reward terms (kept for inspection as `errors`)
         self.errors = err = tracking_errors(self.body_pos, self.body_quat, self.body_lin, self.body_ang, ref, self.anchor)
         reward, terms = self._rewards(ref, err)
-        self.body_pos_error = body_err = err["body_pos_error"]                # [N] m, mean over tracked bodies (re-anchored)
+        body_err = err["body_pos_error"]
         why = self._terminations(ref)                                          # {term: bool[N]}, the terms switched on
         failed = torch.stack(list(why.values())).any(0) if why else torch.zeros_like(self.sim.unstable)
         unstable = self.sim.unstable if not kinematic else torch.zeros_like(failed)
@@ -106,6 +106,8 @@ class TrackingEnv:
         return TensorDict({"obs": obs, "reward": reward, "terminated": terminated, "truncated": truncated,
                            "final_obs": final, "reward_terms": TensorDict(terms, batch_size=[self.num_envs])},
                           batch_size=[self.num_envs], device=self.device)
+
+    body_pos_error = property(lambda self: self.errors["body_pos_error"], doc="[N] m, the last step's mean tracked-body error (re-anchored)")
 
     # the randomizer's draws, as the observation terms, the PD targets and the checkpoints read them
     params = property(lambda self: self.randomizer.params, doc="each env's physical parameters (`Randomizer.startup`)")

@@ -127,7 +127,7 @@ def _upgrade_observations(cfg: DictConfig) -> None:
     obs = OmegaConf.select(cfg, "task.observations")
     if obs is None or "noise" not in obs: return
     amplitudes = {k: float(v) for k, v in obs.noise.items() if k != "enabled"}
-    groups = [g for g in ("policy", "priv", "critic_priv") if g in obs]
+    groups = [g for g in GROUPS if g in obs]
     if not amplitudes and not any(isinstance(e, str) and e.endswith(CLEAN) for g in groups for e in obs[g]): return
     for g in groups:
         entries = OmegaConf.to_container(obs[g], resolve=True)
