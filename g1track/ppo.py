@@ -282,6 +282,8 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
     if cfg.get("symmetry", False) and mirror is None:
         raise ValueError("algo.symmetry is true but no mirror functions were given to ppo_update")
     use_mirror = bool(cfg.get("symmetry", False))
+    # the twins' returns are the originals': the critic may skip them (algo.mirror_critic: false), for a cheaper update
+    mirror_critic = use_mirror and bool(cfg.get("mirror_critic", True))
     storage.compute_returns(cfg.gamma, cfg.lam)
     flat = storage.data.select("obs", "actions", "log_probs", "values", "advantages", "returns").reshape(-1)
     # normalized once per update instead of once per minibatch (the statistics change only in the rollout);
@@ -321,7 +323,8 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
             log_ratio = logp - old_logp
             ratio = log_ratio.exp()
             policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_param, 1 + cfg.clip_param) * adv).mean()
-            value = pol.critic_value(nobs)
+            if not use_mirror or mirror_critic: value = pol.critic_value(nobs)
+            else: value, old_v, ret = pol.critic_value(nobs[:n_orig]), old_v[:n_orig], ret[:n_orig]
             value_loss = (value - ret).square()
             if cfg.get("value_clip"):
                 v_clipped = old_v + (value - old_v).clamp(-cfg.value_clip, cfg.value_clip)

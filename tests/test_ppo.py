@@ -187,6 +187,23 @@ def test_the_estimator_r2_is_the_explained_variance_and_rises_as_the_estimator_f
     assert r2[-1] > r2[0] + 0.2 and r2[-1] <= 1.0
 
 
+def test_mirror_critic_false_trains_the_critic_on_the_original_rows_only():
+    "algo.mirror_critic=false: a critic-only update with mirror augmentation is the update without it, bit for bit."
+    env, pol, cfg, storage = small_setup(num_envs=64, T=8)
+    collect_rollout(env, pol, storage, env.reset(), "teacher", update_stats=True)
+    start = {k: v.clone() for k, v in pol.state_dict().items()}
+    def critic_after(*overrides):
+        pol.load_state_dict(start)
+        c = algo_cfg("algo.train_every=8", *overrides, stage="train")
+        PPO(pol, c, generator=torch.Generator().manual_seed(0)).ppo_update(storage, "teacher", ["critic"], 0.0, env.mirror)
+        return [p.detach().clone() for p in pol.critic.parameters()]
+    plain = critic_after("algo.symmetry=false")
+    originals_only = critic_after("algo.symmetry=true", "algo.mirror_critic=false")
+    with_twins = critic_after("algo.symmetry=true", "algo.mirror_critic=true")
+    assert all(torch.equal(a, b) for a, b in zip(plain, originals_only))
+    assert not all(torch.equal(a, b) for a, b in zip(plain, with_twins))
+
+
 def test_wrong_or_frozen_trainable_sets_are_refused():
     env, pol, cfg, storage = small_setup()
     collect_rollout(env, pol, storage, env.reset(), "student")
