@@ -282,8 +282,8 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
     if cfg.get("symmetry", False) and mirror is None:
         raise ValueError("algo.symmetry is true but no mirror functions were given to ppo_update")
     use_mirror = bool(cfg.get("symmetry", False))
-    # the twins' returns are the originals': the critic may skip them (algo.mirror_critic: false), for a cheaper update
-    mirror_critic = use_mirror and bool(cfg.get("mirror_critic", True))
+    # the twins' returns are the originals': the critic may regress the original rows only (algo.mirror_critic: false)
+    critic_rows = slice(None) if not use_mirror or cfg.get("mirror_critic", True) else None   # None: set per minibatch
     storage.compute_returns(cfg.gamma, cfg.lam)
     flat = storage.data.select("obs", "actions", "log_probs", "values", "advantages", "returns").reshape(-1)
     # normalized once per update instead of once per minibatch (the statistics change only in the rollout);
@@ -323,8 +323,8 @@ def ppo_update(self: PPO, storage, actor: str, trainable, entropy_coef: float, m
             log_ratio = logp - old_logp
             ratio = log_ratio.exp()
             policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_param, 1 + cfg.clip_param) * adv).mean()
-            if not use_mirror or mirror_critic: value = pol.critic_value(nobs)
-            else: value, old_v, ret = pol.critic_value(nobs[:n_orig]), old_v[:n_orig], ret[:n_orig]
+            rows = critic_rows or slice(0, n_orig)
+            value, old_v, ret = pol.critic_value(nobs[rows]), old_v[rows], ret[rows]
             value_loss = (value - ret).square()
             if cfg.get("value_clip"):
                 v_clipped = old_v + (value - old_v).clamp(-cfg.value_clip, cfg.value_clip)
