@@ -20,6 +20,7 @@ from .config import task_cfg
 from .robot import load_g1, BodyKinematics, FREE_POS, FREE_QUAT, QPOS_JOINTS, FREE_LIN_VEL, FREE_ANG_VEL, QVEL_JOINTS
 from .rotations import quat_mul, quat_angle, quat_from_rotvec, quat_normalize, projected_gravity
 from .motion import MotionLibrary, load_motions
+from .sim import rows_where
 from .sim_factory import make_sim
 from .observations import TERMS, GROUPS, Mirror, History, term_entries, has_history, reanchor
 from .rewards import REWARDS, TERMINATIONS
@@ -46,6 +47,9 @@ class TrackingEnv:
             # MuJoCo's rollout pool keeps its threads hot between steps; torch threads competing with it
             # made every tensor op here 5-100x slower on 2 cores. One torch thread is the fast setting.
             torch.set_num_threads(1)
+        # the MuJoCo C engine keeps its state in host memory: a computation a few rows need (truncated episodes, resets)
+        # is done for those rows alone. On a device everything is computed for all envs and selected (no host sync)
+        self.index_rows = dev.type == "cpu" and self.sim.backend == "mujoco"
         self.gen = torch.Generator(device=dev); self.gen.manual_seed(int(seed))
         tracked = list(cfg.robot.tracked_bodies)
         self.motion = MotionLibrary(clips if clips is not None else load_motions(list(cfg.motions)), device=dev, bodies=tracked,
@@ -92,17 +96,18 @@ class TrackingEnv:
         self.sampler.record(self.clip, self.frame, failed, self.episode_step * self.dt >= self.sampler.settle_s)
         if self._hist_terms: self.hist.push(self._history_values())            # what the policy observes now
         done = terminated | truncated
-        # every env's observation before the resets: truncated episodes bootstrap from it. Computed for all envs
-        # (no index list, so no host sync); on a CPU this is the price of a sync-free step (~one more observe)
-        before = self.observe()
+        # the observation before the resets: truncated episodes bootstrap from it. On a device it is computed for all
+        # envs and selected (no index list, so no host sync); in host memory for the truncated rows alone, with the
+        # noise drawn for all envs, so that both ways give the same observations
+        cut_rows = rows_where(truncated) if self.index_rows else None
+        before = self.observe() if cut_rows is None else self.observe(cut_rows, noise_for_all=True)
         d = done[:, None]
         self.ended["qpos"] = torch.where(d, self.sim.qpos, self.ended["qpos"])
         self.ended["qvel"] = torch.where(d, self.sim.qvel, self.ended["qvel"])
         for k, v in self.episode_sums.items(): self.ended[k] = torch.where(done, v, self.ended[k])
         self._reset_where(done)
         obs = self.observe()                                                   # new episodes start with real observations
-        cut = truncated[:, None]
-        final = TensorDict({g: torch.where(cut, before[g], obs[g]) for g in obs.keys()}, batch_size=[self.num_envs], device=self.device)
+        final = self._final_obs(obs, before, truncated, cut_rows)
         return TensorDict({"obs": obs, "reward": reward, "terminated": terminated, "truncated": truncated,
                            "final_obs": final, "reward_terms": TensorDict(terms, batch_size=[self.num_envs])},
                           batch_size=[self.num_envs], device=self.device)
@@ -336,9 +341,14 @@ def _read_state(self: TrackingEnv, mask=None):
     else:
         # after a reset only poses are observed; body velocities enter the rewards, which follow the next physics
         # step and its full FK, so they are zeroed here instead of computed
-        pos, quat, _, _ = self.fk(self.sim.qpos)
         t, m = self.tracked, mask.view(-1, 1, 1)
-        self.body_pos, self.body_quat = torch.where(m, pos[:, t], self.body_pos), torch.where(m, quat[:, t], self.body_quat)
+        ids = rows_where(mask) if self.index_rows else None
+        if ids is None:
+            pos, quat, _, _ = self.fk(self.sim.qpos)
+            self.body_pos, self.body_quat = torch.where(m, pos[:, t], self.body_pos), torch.where(m, quat[:, t], self.body_quat)
+        elif len(ids):                            # in host memory: FK of the reset rows alone
+            pos, quat, _, _ = self.fk(self.sim.qpos[ids])
+            self.body_pos, self.body_quat = self.body_pos.index_copy(0, ids, pos[:, t]), self.body_quat.index_copy(0, ids, quat[:, t])
         self.body_lin, self.body_ang = self.body_lin.masked_fill(m, 0.0), self.body_ang.masked_fill(m, 0.0)
         self.foot_force = torch.where(m, -sd[:, self.foot_sensor], self.foot_force)
         self.touch = torch.where(mask[:, None], sd[:, self.touch_sensor].norm(dim=-1), self.touch)
@@ -405,16 +415,28 @@ def _terminations(self: TrackingEnv, ref) -> dict:
 
 # %% ../nbs/03_env.ipynb #169758a0
 @patch
-def observe(self: TrackingEnv, ids=None) -> TensorDict:
-    "Observation groups for envs `ids` (all if None) at the current state and reference frame."
+def observe(self: TrackingEnv, ids=None, noise_for_all: bool = False) -> TensorDict:
+    """Observation groups for envs `ids` (all if None) at the current state and reference frame. `noise_for_all`: the noise
+    is drawn for every env and the rows of `ids` kept, so the generator moves as in an `observe()` of all envs."""
     rows = slice(None) if ids is None else ids
-    ref = self.motion.get(self.clip[rows], self.frame[rows], self.future_offsets)
-    term = lambda g, e: self.hist.read(f"{g}/{e.term}", rows) if has_history(e.offsets) else TERMS[e.term].fn(self, rows, ref)
-    out = {g: torch.cat([term(g, e) for e in self.entries[g]], 1) for g in GROUPS}
+    if ids is not None and len(ids) == 0:             # no rows (the usual step has no truncated episode): no terms to compute
+        out = {g: torch.zeros(0, self.obs_dims[g], device=self.device) for g in GROUPS}
+    else:
+        ref = self.motion.get(self.clip[rows], self.frame[rows], self.future_offsets)
+        term = lambda g, e: self.hist.read(f"{g}/{e.term}", rows) if has_history(e.offsets) else TERMS[e.term].fn(self, rows, ref)
+        out = {g: torch.cat([term(g, e) for e in self.entries[g]], 1) for g in GROUPS}
     n = out["policy"].shape[0]
     for g, amp in self._noise.items():                       # the groups with noisy entries (none while the layout is built)
-        out[g] = out[g] + (2 * torch.rand(out[g].shape, generator=self.gen, device=self.device) - 1) * amp
+        u = torch.rand((self.num_envs if noise_for_all else n, out[g].shape[1]), generator=self.gen, device=self.device)
+        out[g] = out[g] + (2 * (u[rows] if noise_for_all else u) - 1) * amp
     return TensorDict(out, batch_size=[n], device=self.device)
+
+@patch
+def _final_obs(self: TrackingEnv, obs: TensorDict, before: TensorDict, truncated: torch.Tensor, cut_rows=None) -> TensorDict:
+    "What each env's episode ended on: `before` (the observation before the reset) where truncated, `obs` elsewhere; `cut_rows`: `before` holds those rows only."
+    if cut_rows is None: pick = lambda g: torch.where(truncated[:, None], before[g], obs[g])
+    else: pick = lambda g: obs[g].index_copy(0, cut_rows, before[g])
+    return TensorDict({g: pick(g) for g in obs.keys()}, batch_size=[self.num_envs], device=self.device)
 
 @patch
 def _layout(self: TrackingEnv) -> dict:

@@ -22,6 +22,7 @@ from tensordict import TensorDict
 from omegaconf import DictConfig
 from .config import compose
 from .modules import ACTORS, TrackingPolicy, is_distributed, policy_cfg
+from .sim import rows_where
 
 # %% ../nbs/05_ppo.ipynb #d98c0b8b
 def algo_cfg(*overrides: str, stage: str | None = None) -> DictConfig:
@@ -382,11 +383,16 @@ def adapt_update(self: PPO, storage, epochs: int | None = None, num_minibatches:
 
 # %% ../nbs/05_ppo.ipynb #b2af4356
 @torch.no_grad()
-def truncation_values(policy: TrackingPolicy, out: TensorDict) -> torch.Tensor:
-    """Critic values of the final observations of truncated episodes, 0 elsewhere. Evaluated for every env and
-    selected with `torch.where`: picking the truncated rows first would need their count on the host (a sync per step)."""
+def truncation_values(policy: TrackingPolicy, out: TensorDict, index_rows: bool = False) -> torch.Tensor:
+    """Critic values of the final observations of truncated episodes, 0 elsewhere. On a device evaluated for every env and
+    selected with `torch.where`: picking the truncated rows first would need their count on the host (a sync per step).
+    `index_rows` (the env's state is in host memory, `TrackingEnv.index_rows`): the truncated rows alone."""
     cut = out["truncated"] & ~out["terminated"]
-    return torch.where(cut, policy.value(out["final_obs"]), 0.0)
+    ids = rows_where(cut) if index_rows else None
+    if ids is None: return torch.where(cut, policy.value(out["final_obs"]), 0.0)
+    values = torch.zeros(cut.shape, device=cut.device)
+    if len(ids): values[ids] = policy.value(out["final_obs"][ids])
+    return values
 
 @torch.no_grad()
 def collect_rollout(env, policy: TrackingPolicy, storage: RolloutStorage, obs: TensorDict, actor: str = "teacher",
@@ -398,7 +404,7 @@ def collect_rollout(env, policy: TrackingPolicy, storage: RolloutStorage, obs: T
         action, log_prob, value = policy.act(obs, actor, update_stats=update_stats, with_value=with_value)
         out = env.step(action)
         reward, terminated, truncated = out["reward"], out["terminated"], out["truncated"]
-        boot = truncation_values(policy, out) if with_value else None
+        boot = truncation_values(policy, out, getattr(env, "index_rows", False)) if with_value else None
         storage.add(obs, action, log_prob, value if with_value else torch.zeros_like(reward), reward, terminated, truncated, boot)
         obs = out["obs"]
     storage.last_values = policy.value(obs) if with_value else torch.zeros(env.num_envs, device=reward.device)

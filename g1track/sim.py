@@ -8,7 +8,7 @@ Docs: https://g1track.github.io/g1track/sim.html.md"""
 # %% auto #0
 __all__ = ['CLAIMS_DIR', 'BACKENDS', 'PARAM_FIELDS', 'sim_cfg', 'claimed', 'claim_cpus', 'release_cpus', 'sharers', 'affinity',
            'cpu_share', 'SimConfigError', 'resolve_backend', 'sim_model', 'apply_solver', 'foot_geoms', 'ParamMap',
-           'Sim']
+           'Sim', 'rows_where']
 
 # %% ../nbs/02_sim.ipynb #21637ea0
 import copy, os, pathlib, tempfile
@@ -323,6 +323,12 @@ def set_state_where(self: Sim, mask: torch.Tensor, qpos: torch.Tensor | None = N
         rows[name] = x
     self._set_rows_where(mask, rows.get("qpos"), rows.get("qvel"))
     self._bodies = None
+
+# %% ../nbs/02_sim.ipynb #cbd404e9
+def rows_where(mask: torch.Tensor) -> torch.Tensor | None:
+    "Long indices of the true entries of the bool vector `mask` if it is in host memory (free to read), else None."
+    if mask.device.type != "cpu": return None
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
 
 # %% ../nbs/02_sim.ipynb #618c1691
 @patch

@@ -45,3 +45,18 @@ def test_side_by_side_starts_a_run_alone_then_two_at_once_and_prints_its_contrac
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("one run alone:") and lines[1].startswith("two runs side by side:")
     assert re.fullmatch(r"side_by_side=\d+\.\d\d alone_fps=\d+ pair_fps=\d+,\d+", lines[-1]), lines[-1]
+
+
+def test_cpu_budget_takes_an_iteration_apart_and_prints_its_contract_line():
+    import re, subprocess, sys
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_budget.py"), "--envs", "8", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    num = r"(\d+\.\d\d)"
+    m = re.fullmatch(rf"physics_s={num} rest_s={num} update_s={num} cpu_s={num} iteration_s={num} vs_physics={num} "
+                     rf"bound_vs_physics={num}", last)
+    assert m, last
+    physics, rest, update, cpu, iteration, ratio, bound = map(float, m.groups())
+    assert physics > 0 and rest > 0 and update > 0 and 0 < ratio < 1 and bound > 0
+    assert abs(iteration - (physics + rest + update)) <= 0.02          # the parts are the iteration

@@ -11,7 +11,8 @@ become), `aten.nonzero`, boolean-mask indexing (`aten.index` / `aten.index_put_`
 
 Budget: `env.step` (both engines, MuJoCo Warp on the CPU device included) and `policy.act` in the rollout
 make **zero** (on Warp, the device-resident path, not even a tensor built from host data); the MuJoCo C engine copies its inputs to numpy once per step (`.numpy()`, not a sync on
-the CPU and unavoidable for a CPU engine). A whole training iteration makes at most `ITERATION_BUDGET`,
+the CPU and unavoidable for a CPU engine), and the env finds the few rows that need a final observation or a fresh FK
+with numpy too (`TrackingEnv.index_rows`: host memory, nothing to wait for; Warp keeps the select-everything path). A whole training iteration makes at most `ITERATION_BUDGET`,
 one per statistics read-out (see `test_a_training_iteration_reads_the_device_a_few_times`).
 """
 from collections import Counter

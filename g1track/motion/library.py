@@ -142,7 +142,7 @@ class MotionLibrary:
         "Reference frames [N, F, ...] at `frame_ids + offsets` (clamped to each clip's end) in one gather."
         idx = self.flat_index(clip_ids, frame_ids, offsets)
         N, F = idx.shape
-        x = self.data.index_select(0, idx.reshape(-1)).view(N, F, -1)
+        x = self.data.index_select(0, idx.reshape(-1)).view(N, F, self.data.shape[1])   # an explicit width: N may be 0
         return MotionFrames(**{k: x[..., cols].unflatten(-1, s) if s else x[..., cols] for k, (cols, s) in self._fields.items()})
 
     def qpos(self, clip_ids: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
