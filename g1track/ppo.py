@@ -127,8 +127,10 @@ class PPO:
     def __init__(self, policy: TrackingPolicy, cfg: DictConfig, generator: torch.Generator | None = None):
         self.policy, self.cfg, self.generator = policy, cfg, generator
         self.schedule = str(cfg.get("lr_schedule", "fixed"))
-        if self.schedule not in ("fixed", "adaptive"):
-            raise ValueError(f"algo.lr_schedule must be 'fixed' or 'adaptive', got {self.schedule!r}")
+        if self.schedule not in ("fixed", "adaptive", "linear"):
+            raise ValueError(f"algo.lr_schedule must be 'fixed', 'adaptive' or 'linear', got {self.schedule!r}")
+        if self.schedule == "linear" and cfg.get("lr_end", None) is None:
+            raise ValueError("algo.lr_schedule=linear needs the rate at the stage's end: pass e.g. algo.lr_end=1e-4")
         # PPO's learning rate is one device tensor shared by the PPO-trained optimizers: the adaptive
         # schedule moves it in place without a host sync; adapt_module's MSE keeps the stage's algo.lr
         self.lr = torch.tensor(float(cfg.lr), device=self.policy_device)

@@ -145,6 +145,7 @@ class StageRunner:
         ppo_nets = ppo_networks(self.stage, p, self.warmup)
         # the task's curriculum (task.curriculum) moves with the stage that trains from scratch; the others run its end values
         if self.stage.starts_from is None: self.env.curriculum.set_progress(p)
+        if self.algo.schedule == "linear": self.algo.set_lr(linear_schedule(float(self.cfg.algo.lr), float(self.cfg.algo.lr_end), p))
         self.policy.set_trainable(trained_networks(self.stage, p, self.warmup))
         logs = self.collect()
         t0 = time.perf_counter()

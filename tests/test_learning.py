@@ -137,3 +137,12 @@ def test_reference_relative_actions_hold_the_reference_at_zero(squat):
     default.set_fixed_starts(torch.zeros(3), torch.tensor([10, 100, 200]))
     default.reset(); default.step(torch.zeros(3, 29))
     torch.testing.assert_close(default.target, default.default_joint_pos.expand(3, -1))
+
+
+def test_a_linear_rate_goes_from_lr_to_lr_end_over_the_stage(squat):
+    runner, env = _runner(squat, "algo.lr_schedule=linear", "algo.lr=3e-4", "algo.lr_end=1e-4", "algo.ppo_epochs=1", *QUIET)
+    runner.total_iterations = 4
+    for it, want in ((0, 3e-4), (2, 2e-4), (3, 1.5e-4)):
+        assert runner.iteration(it)["ppo/lr"] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="algo.lr_end"):
+        _runner(squat, "algo.lr_schedule=linear", "algo.lr_end=null")
